@@ -1,0 +1,49 @@
+"""Paydrop: a Flask shop that sells digital goods through Stripe."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from . import settings
+
+__version__ = "0.1.0"
+
+
+def create_app(environ: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
+    """Application factory.
+
+    ``environ`` defaults to ``os.environ``; tests pass their own mapping.
+    Raises ``settings.SettingsError`` listing every bad setting.
+    """
+    config = settings.load(os.environ if environ is None else environ)
+    config.update(overrides)
+    if not config.get("APP_VERSION"):
+        config["APP_VERSION"] = __version__
+
+    app = Flask(__name__)
+    app.config.update(config)
+
+    # Extensions first, then observability (so it wraps every blueprint),
+    # then the features.
+    from . import db, redis_store
+
+    db.init_app(app)
+    redis_store.init_app(app)
+
+    from . import observability
+
+    observability.init_app(app)
+
+    from . import health, migrate
+
+    app.register_blueprint(health.bp)
+    migrate.init_app(app)
+
+    from . import shop
+
+    shop.init_app(app)
+    return app

@@ -1,0 +1,115 @@
+"""PostgreSQL access: one pool for the primary, one for the read replica.
+
+Writes and anything that must see its own writes use ``transaction()``.
+Catalog reads use ``read()``, which goes to the replica when one is configured
+and falls back to the primary when the replica is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import psycopg2.pool
+from flask import Flask, current_app
+
+log = logging.getLogger(__name__)
+
+_EXTENSION = "paydrop.db"
+
+
+class Database:
+    def __init__(self, primary_url: str, replica_url: str, pool_size: int, connect_timeout: int):
+        self._urls = {"primary": primary_url, "replica": replica_url}
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._pools: dict[str, psycopg2.pool.ThreadedConnectionPool] = {}
+        self._lock = threading.Lock()
+
+    def _pool(self, name: str) -> psycopg2.pool.ThreadedConnectionPool:
+        pool = self._pools.get(name)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(name)
+                if pool is None:
+                    pool = psycopg2.pool.ThreadedConnectionPool(
+                        0,
+                        self._pool_size,
+                        self._urls[name],
+                        connect_timeout=self._connect_timeout,
+                        application_name="paydrop",
+                        cursor_factory=psycopg2.extras.RealDictCursor,
+                    )
+                    self._pools[name] = pool
+        return pool
+
+    @contextmanager
+    def connection(self, name: str = "primary") -> Iterator[Any]:
+        """A pooled connection; broken connections are discarded, not reused."""
+        pool = self._pool(name)
+        conn = pool.getconn()
+        broken = False
+        try:
+            yield conn
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            broken = True
+            raise
+        finally:
+            if not broken and not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg2.Error:
+                    broken = True
+            pool.putconn(conn, close=broken or bool(conn.closed))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor on the primary inside one transaction: commit on success, else roll back."""
+        with self.connection("primary") as conn:
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+                conn.commit()
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        """A cursor on the replica if configured and reachable, else on the primary."""
+        with ExitStack() as stack:
+            conn = None
+            if self._urls["replica"]:
+                try:
+                    conn = stack.enter_context(self.connection("replica"))
+                except psycopg2.OperationalError as exc:
+                    log.warning("read replica unavailable, reading from the primary: %s", exc)
+            if conn is None:
+                conn = stack.enter_context(self.connection("primary"))
+            with conn.cursor() as cur:
+                yield cur
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.closeall()
+        self._pools.clear()
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[_EXTENSION] = Database(
+        app.config["DATABASE_URL"],
+        app.config["DATABASE_REPLICA_URL"],
+        app.config["DATABASE_POOL_SIZE"],
+        app.config["DATABASE_CONNECT_TIMEOUT"],
+    )
+
+
+def get_db() -> Database:
+    db: Database = current_app.extensions[_EXTENSION]
+    return db

@@ -1,0 +1,183 @@
+"""The one place that reads configuration.
+
+Settings come from environment variables (12-factor). Any secret may instead be
+given as a path in ``<NAME>_FILE`` (e.g. ``STRIPE_SECRET_KEY_FILE``), which is how
+the app role hands secrets over without putting them in the environment of
+``docker inspect``. Everything is validated at start-up; on error the app exits
+with one message listing every missing or invalid setting.
+
+To add a setting: add one ``Setting`` to ``SETTINGS`` below. The app reads it as
+``current_app.config["NAME"]``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+
+class SettingsError(Exception):
+    """Raised with every problem found, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _str(value: str) -> str:
+    return value
+
+
+def _int(value: str) -> int:
+    return int(value)
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
+            raise ValueError(f"must be a URL with scheme {' or '.join(schemes)}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of: {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[str], Any] = _str
+    default: str | None = None  # None means required
+    secret: bool = False  # may come from NAME_FILE; never logged
+    help: str = ""
+
+
+_DB_URL = _url("postgresql", "postgres")
+
+SETTINGS: tuple[Setting, ...] = (
+    # Core
+    Setting("SECRET_KEY", secret=True, help="signs sessions, CSRF tokens and download links"),
+    Setting("APP_ENVIRONMENT", default="production", help="shown in /api/health"),
+    Setting("APP_VERSION", default="", help="release shown in /api/health and X-Release"),
+    Setting("APP_EXPOSE_RELEASE_HEADER", _bool, "false", help="add X-Release to every response"),
+    Setting("PUBLIC_URL", _url("http", "https"), "http://localhost:8000",
+            help="the shop's public base URL (links in e-mails, Stripe return URLs)"),
+    Setting("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+    Setting("MAX_CONTENT_LENGTH", _positive_int, str(1024 * 1024), help="largest request body"),
+    Setting("SESSION_COOKIE_SECURE", _bool, "true", help="cookies only over HTTPS"),
+    Setting("SESSION_TTL_SECONDS", _positive_int, str(14 * 24 * 3600)),
+    # Data stores
+    Setting("DATABASE_URL", _DB_URL, secret=True, help="PostgreSQL primary"),
+    Setting("DATABASE_REPLICA_URL", _DB_URL, "", secret=True,
+            help="read replica for catalog reads; empty = use the primary"),
+    Setting("DATABASE_POOL_SIZE", _positive_int, "5"),
+    Setting("DATABASE_CONNECT_TIMEOUT", _positive_int, "3", help="seconds"),
+    Setting("REDIS_URL", _url("redis", "rediss"), secret=True),
+    Setting("CATALOG_CACHE_SECONDS", _positive_int, "300"),
+    # Stripe
+    Setting("STRIPE_SECRET_KEY", secret=True),
+    Setting("STRIPE_PUBLISHABLE_KEY"),
+    Setting("STRIPE_WEBHOOK_SECRET", secret=True),
+    Setting("STRIPE_API_BASE", _url("http", "https"), "https://api.stripe.com"),
+    Setting("STRIPE_JS_URL", _url("http", "https"), "https://js.stripe.com/v3/"),
+    Setting("STRIPE_TIMEOUT_SECONDS", _positive_int, "10"),
+    Setting("CHECKOUT_MODE", _choice("payment_intent", "checkout_session"), "payment_intent",
+            help="card form on our page (default) or Stripe-hosted Checkout"),
+    # Downloads and storage
+    Setting("STORAGE_BACKEND", _choice("local", "s3"), "local"),
+    Setting("STORAGE_LOCAL_DIR", default="/var/lib/paydrop/assets"),
+    Setting("S3_ENDPOINT_URL", default="", help="S3-compatible endpoint; empty = AWS"),
+    Setting("S3_BUCKET", default=""),
+    Setting("S3_REGION", default="us-east-1"),
+    Setting("S3_ACCESS_KEY_ID", default="", secret=True),
+    Setting("S3_SECRET_ACCESS_KEY", default="", secret=True),
+    Setting("DOWNLOAD_TTL_SECONDS", _positive_int, str(24 * 3600)),
+    Setting("DOWNLOAD_LIMIT", _positive_int, "5"),
+    Setting("DOWNLOAD_ACCEL_PREFIX", default="",
+            help="nginx internal location for X-Accel-Redirect; empty = the app sends bytes"),
+    # E-mail
+    Setting("SMTP_HOST", default="", help="empty = receipts are logged and skipped"),
+    Setting("SMTP_PORT", _positive_int, "587"),
+    Setting("SMTP_USER", default=""),
+    Setting("SMTP_PASSWORD", default="", secret=True),
+    Setting("SMTP_FROM", default="shop@localhost"),
+    Setting("SMTP_STARTTLS", _bool, "true"),
+    # Operations
+    Setting("METRICS_ALLOWED_NETWORKS", _networks, "127.0.0.0/8,::1/128",
+            help="client networks allowed to read /metrics"),
+    Setting("STRIPE_HEALTH_CACHE_SECONDS", _positive_int, "60"),
+    Setting("HEALTH_CHECK_TIMEOUT_SECONDS", _positive_int, "2"),
+    Setting("LOGIN_RATE_LIMIT", default="10/300",
+            help="attempts/seconds allowed per IP and per account for login and registration"),
+)
+
+SECRET_NAMES = frozenset(s.name for s in SETTINGS if s.secret)
+
+
+def _raw_value(setting: Setting, environ: Mapping[str, str], problems: list[str]) -> str | None:
+    file_var = f"{setting.name}_FILE"
+    if setting.secret and environ.get(file_var):
+        path = Path(environ[file_var])
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            problems.append(f"{file_var}: cannot read {path}: {exc.strerror}")
+            return None
+    value = environ.get(setting.name)
+    if value is None:
+        if setting.default is None:
+            hint = f" (or {file_var})" if setting.secret else ""
+            problems.append(f"{setting.name}{hint}: missing; {setting.help or 'required'}")
+            return None
+        return setting.default
+    return value
+
+
+def load(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse and validate every setting; raise SettingsError listing all problems."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = _raw_value(setting, environ, problems)
+        if raw is None:
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            shown = "(hidden)" if setting.secret else repr(raw)
+            problems.append(f"{setting.name}: invalid value {shown}: {exc}")
+    if problems:
+        raise SettingsError(problems)
+    return values

@@ -1,0 +1,97 @@
+"""Prometheus metrics: defined once here, incremented anywhere, served at /metrics.
+
+Under gunicorn every worker is its own process, so the counters live in
+prometheus_client's multiprocess mode: each process writes its values to files
+in ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds them up across all of
+them, whichever worker answers. ``gunicorn.conf.py`` empties that directory at
+start-up and marks dead workers in ``child_exit``. Without the variable (tests,
+``flask run``) the default in-process registry is used.
+
+Labels stay low-cardinality: ``endpoint`` is the Flask endpoint name (never the
+raw path, which holds slugs and download tokens).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from flask import Blueprint, Response, abort, current_app, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess
+
+REQUESTS = Counter(
+    "paydrop_http_requests_total",
+    "HTTP requests answered, by Flask endpoint, method and status code.",
+    ["endpoint", "method", "status"],
+)
+REQUEST_LATENCY = Histogram(
+    "paydrop_http_request_duration_seconds",
+    "Time from request start to response, by Flask endpoint.",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WEBHOOK_EVENTS = Counter(
+    "paydrop_webhook_events_total",
+    "Stripe webhook events received, by event type and outcome "
+    "(processed, duplicate, ignored, invalid_signature, error).",
+    ["type", "outcome"],
+)
+ORDER_TRANSITIONS = Counter(
+    "paydrop_order_transitions_total",
+    "Orders entering a state (pending, paid, failed, refunded, ...).",
+    ["state"],
+)
+PAYMENT_FAILURES = Counter(
+    "paydrop_payment_failures_total",
+    "Failed payments, by reason (Stripe decline code or error class).",
+    ["reason"],
+)
+DOWNLOAD_BYTES = Counter(
+    "paydrop_download_bytes_total",
+    "Bytes of digital goods served (or handed to nginx via X-Accel-Redirect).",
+)
+DEPENDENCY_ERRORS = Counter(
+    "paydrop_dependency_errors_total",
+    "Errors talking to a dependency (database, redis, stripe, storage, smtp).",
+    ["dependency"],
+)
+
+bp = Blueprint("metrics", __name__)
+
+
+def _registry() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def client_allowed(address: str | None) -> bool:
+    """True when ``address`` is inside one of METRICS_ALLOWED_NETWORKS."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in current_app.config["METRICS_ALLOWED_NETWORKS"])
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    # remote_addr is the TCP peer: nginx never proxies /metrics, so Prometheus
+    # scrapes the slot port directly and a forged X-Forwarded-For changes nothing.
+    if not client_allowed(request.remote_addr):
+        abort(404)
+    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)

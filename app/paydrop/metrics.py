@@ -24,8 +24,8 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
-from prometheus_client import multiprocess
 
 REQUESTS = Counter(
     "paydrop_http_requests_total",

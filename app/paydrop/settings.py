@@ -19,9 +19,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import click
 
-class SettingsError(Exception):
-    """Raised with every problem found, one per line."""
+
+class SettingsError(click.ClickException):
+    """Raised with every problem found, one per line.
+
+    A ClickException so that ``flask --app paydrop ...`` and ``paydrop ...``
+    print the list and exit 1 instead of showing a traceback.
+    """
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
@@ -62,6 +68,15 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An empty value means "not set" and is kept as ""; anything else must parse."""
+
+    def parse_optional(value: str) -> Any:
+        return parse(value) if value else value
+
+    return parse_optional
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -100,7 +115,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SESSION_TTL_SECONDS", _positive_int, str(14 * 24 * 3600)),
     # Data stores
     Setting("DATABASE_URL", _DB_URL, secret=True, help="PostgreSQL primary"),
-    Setting("DATABASE_REPLICA_URL", _DB_URL, "", secret=True,
+    Setting("DATABASE_REPLICA_URL", _optional(_DB_URL), "", secret=True,
             help="read replica for catalog reads; empty = use the primary"),
     Setting("DATABASE_POOL_SIZE", _positive_int, "5"),
     Setting("DATABASE_CONNECT_TIMEOUT", _positive_int, "3", help="seconds"),

@@ -47,7 +47,8 @@ _CARD_NUMBER = re.compile(
     r"(?<!\d)(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{5})(?!\d)"
 )
 _STRIPE_KEY = re.compile(r"\b(?:sk|rk|whsec)_[A-Za-z0-9_]{8,}")
-_DOWNLOAD_TOKEN = re.compile(r"(/downloads/)[^\s/?#\"']+")
+# The token and anything after it (a query string can carry a token too).
+_DOWNLOAD_TOKEN = re.compile(r"(/downloads/)[^\s\"']+")
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -165,8 +166,10 @@ def configure_logging(level: str) -> None:
             root.removeHandler(handler)
         root.addHandler(json_handler())
     root.setLevel(level)
-    # Werkzeug's development-server access log would duplicate ours.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # Werkzeug's development-server access log would duplicate ours; stripe-python
+    # logs every request URL (with query parameters) at INFO.
+    for noisy in ("werkzeug", "stripe"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _request_id() -> str:
@@ -196,7 +199,9 @@ def _after_request(response: Response) -> Response:
     if current_app.config.get("APP_EXPOSE_RELEASE_HEADER"):
         response.headers["X-Release"] = current_app.config["APP_VERSION"]
 
-    level = logging.ERROR if status >= 500 else logging.INFO
+    # Unhandled exceptions are logged at ERROR (with traceback) by Flask itself;
+    # a 503 from a readiness probe during an outage is not worth an ERROR per probe.
+    level = logging.WARNING if status >= 500 else logging.INFO
     log.log(
         level,
         "%s %s %s",

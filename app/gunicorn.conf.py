@@ -1,0 +1,113 @@
+"""gunicorn settings for Paydrop: ``gunicorn -c gunicorn.conf.py paydrop.wsgi:app``.
+
+Environment overrides (none of them secret):
+  GUNICORN_BIND      listen address, default 0.0.0.0:8000 (inside the container)
+  GUNICORN_WORKERS   worker processes, default 2 * CPUs + 1, at most 8
+  GUNICORN_THREADS   threads per worker, default 4
+  PROMETHEUS_MULTIPROC_DIR  where workers keep their metric files; default a
+                     fresh private directory per master, removed at exit
+
+Choices:
+* gthread workers: the sync worker closes every connection after one response,
+  so nginx's upstream keepalive would buy nothing. ``keepalive`` (75 s) is longer
+  than nginx's upstream ``keepalive_timeout`` (60 s) so nginx, not gunicorn,
+  closes idle connections and never sends a request on a socket gunicorn is
+  closing at that moment.
+* SIGTERM drains: workers stop accepting, finish in-flight requests for up to
+  ``graceful_timeout`` (30 s), then exit. The container's stop timeout must be
+  longer (``docker stop -t 35``), or Docker SIGKILLs in the middle.
+* Logging: no access log from gunicorn; the app writes one JSON line per
+  request itself. gunicorn's own messages go through the same JSON handler.
+* Settings are validated in the master before any worker forks, so bad
+  configuration prints one list of problems and exits 1 instead of crash-looping
+  workers.
+* Metrics: prometheus_client multiprocess mode (see paydrop/metrics.py). The
+  directory is set here, before anything imports prometheus_client, emptied
+  when the master starts, and each dead worker is marked in ``child_exit``.
+"""
+
+# Names without a leading underscore are read by gunicorn as settings, so the
+# helpers below are private.
+import math as _math
+import os as _os
+import shutil as _shutil
+import sys as _sys
+import tempfile as _tempfile
+from pathlib import Path as _Path
+
+_MAX_WORKERS = 8
+
+if not _os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _os.environ["PROMETHEUS_MULTIPROC_DIR"] = _tempfile.mkdtemp(prefix="paydrop-metrics-")
+    _OWN_METRICS_DIR = True
+else:
+    _OWN_METRICS_DIR = False
+
+
+def _cpu_count() -> int:
+    """CPUs this process may use: affinity mask and cgroup v2 quota (docker --cpus)."""
+    cpus = len(_os.sched_getaffinity(0))
+    try:
+        quota, period = _Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, _math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def _workers() -> int:
+    configured = _os.environ.get("GUNICORN_WORKERS")
+    if configured:
+        return int(configured)
+    return min(2 * _cpu_count() + 1, _MAX_WORKERS)
+
+
+bind = [_os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")]
+workers = _workers()
+worker_class = "gthread"
+threads = int(_os.environ.get("GUNICORN_THREADS", "4"))
+timeout = 30
+graceful_timeout = 30
+keepalive = 75
+# Heartbeat files on tmpfs: a slow container disk must not get workers killed.
+worker_tmp_dir = "/dev/shm" if _os.path.isdir("/dev/shm") else None
+proc_name = "paydrop"
+accesslog = None
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "INFO", "handlers": ["json"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+    },
+    "handlers": {"json": {"()": "paydrop.observability.json_handler"}},
+    "formatters": {},
+}
+
+
+def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
+    from paydrop import settings
+
+    try:
+        settings.load(_os.environ)
+    except settings.SettingsError as exc:
+        print(f"paydrop: {exc.format_message()}", file=_sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+    metrics_dir = _Path(_os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ARG001 - gunicorn's hook signature
+    if _OWN_METRICS_DIR:
+        _shutil.rmtree(_os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,0 +1,79 @@
+"""The shop: catalog, accounts, checkout, Stripe webhooks, downloads.
+
+``init_app`` wires it into the app built by ``paydrop.create_app``: server-side
+sessions, CSRF protection on every form (the webhook is exempt: Stripe signs
+it), one blueprint per feature, error pages and the operator commands.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, current_app
+from flask_wtf.csrf import CSRFProtect
+
+from . import (
+    accounts,
+    catalog,
+    checkout,
+    cli,
+    downloads,
+    errors,
+    ratelimit,
+    sessions,
+    storage,
+    stripe_client,
+    webhooks,
+)
+from .money import format_money
+
+csrf = CSRFProtect()
+
+
+def init_app(app: Flask) -> None:
+    app.config.update(
+        SESSION_COOKIE_NAME="paydrop_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=app.config["SESSION_TTL_SECONDS"]),
+        # The token lives in the server-side session, so it lasts as long as the session.
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.session_interface = sessions.RedisSessionInterface()
+    csrf.init_app(app)
+    csrf.exempt(webhooks.bp)
+
+    stripe_client.init_app(app)
+    storage.init_app(app)
+    ratelimit.init_app(app)
+
+    for blueprint in (catalog.bp, accounts.bp, checkout.bp, downloads.bp, webhooks.bp):
+        app.register_blueprint(blueprint)
+    errors.init_app(app)
+    cli.init_app(app)
+
+    app.add_template_filter(format_money, "money")
+    app.add_template_filter(_file_size, "filesize")
+    app.add_template_global(downloads.download_path, "download_path")
+    app.context_processor(_template_context)
+
+
+def _file_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    value = size / 1024
+    for unit in ("KB", "MB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def _template_context() -> dict[str, Any]:
+    config = current_app.config
+    return {
+        "current_user": accounts.current_user(),
+        "stripe_js_url": config["STRIPE_JS_URL"],
+        "stripe_publishable_key": config["STRIPE_PUBLISHABLE_KEY"],
+    }

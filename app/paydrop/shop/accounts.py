@@ -1,0 +1,261 @@
+"""Register, log in, log out, verify the e-mail address, "my orders".
+
+Passwords are hashed with argon2id. Log-in and registration are throttled per
+client IP and per account. Guest orders placed with an address join the
+account once its owner clicks the verification link sent to that address:
+without that proof, anyone could register a buyer's address and take over
+their downloads.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from werkzeug.wrappers import Response
+
+from ..db import get_db
+from . import fulfilment, grants, mail, orders, ratelimit, sessions, users
+
+log = logging.getLogger(__name__)
+bp = Blueprint("accounts", __name__, url_prefix="/account")
+
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+VERIFY_SALT = "paydrop.verify-email"
+VERIFY_MAX_AGE = 3 * 24 * 3600
+
+_hasher = PasswordHasher()
+# Verified against when the account does not exist, so a wrong address takes as
+# long as a wrong password.
+_DUMMY_HASH = _hasher.hash("paydrop-timing-equaliser")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    id: int
+    email: str
+
+
+def normalise_email(value: object) -> str | None:
+    """The lower-cased address, or None when it is not a plausible address."""
+    if not isinstance(value, str):
+        return None
+    email = value.strip().lower()
+    if len(email) > 254 or not EMAIL.match(email):
+        return None
+    return email
+
+
+def current_user() -> CurrentUser | None:
+    user: CurrentUser | None = g.get("user")
+    return user
+
+
+@bp.before_app_request
+def _load_user() -> None:
+    user_id, email = session.get("user_id"), session.get("user_email")
+    g.user = CurrentUser(user_id, email) if user_id and email else None
+
+
+def login_required(view: F) -> F:
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if current_user() is None:
+            return redirect(url_for("accounts.login", next=request.full_path.rstrip("?")))
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("accounts.my_orders")
+
+
+def _log_in(user: users.User) -> None:
+    orders_seen = session.get("orders", [])
+    session.clear()
+    sessions.rotate()
+    session["user_id"] = user.id
+    session["user_email"] = user.email
+    session["orders"] = orders_seen
+    session.permanent = True
+
+
+def _verification_link(user: users.User) -> str:
+    token = URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=VERIFY_SALT).dumps(
+        {"user": user.id, "email": user.email}
+    )
+    return f"{current_app.config['PUBLIC_URL'].rstrip('/')}{url_for('accounts.verify', token=token)}"
+
+
+def _send_verification(user: users.User) -> None:
+    mail.send(
+        user.email,
+        "Confirm your e-mail address",
+        "Confirm this address to see purchases made with it in 'My orders':\n\n"
+        f"{_verification_link(user)}\n\nThe link works for three days. "
+        "If you did not create an account, ignore this message.\n",
+    )
+
+
+@bp.route("/register", methods=["GET", "POST"])
+def register() -> Response | str | tuple[str, int]:
+    if request.method == "GET":
+        return render_template("accounts/register.html")
+    email = normalise_email(request.form.get("email"))
+    password = request.form.get("password", "")
+    ratelimit.hit("login", ("ip", ratelimit.client_ip()), ("account", email or "-"))
+    errors = []
+    if email is None:
+        errors.append("Enter a valid e-mail address.")
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        errors.append(f"Choose a password of at least {MIN_PASSWORD} characters.")
+    elif password != request.form.get("password_confirm", ""):
+        errors.append("The two passwords do not match.")
+    if errors or email is None:
+        return render_template("accounts/register.html", errors=errors, email=email or ""), 400
+    with get_db().transaction() as cur:
+        user = users.create(cur, email, _hasher.hash(password))
+    if user is None:
+        return render_template(
+            "accounts/register.html",
+            errors=["An account with this address exists. Log in instead."],
+            email=email,
+        ), 400
+    _send_verification(user)
+    _log_in(user)
+    flash("Welcome! We sent you a link to confirm your address; purchases made with it "
+          "as a guest appear here once you follow it.")
+    return redirect(url_for("accounts.my_orders"))
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response | str | tuple[str, int]:
+    if request.method == "GET":
+        return render_template("accounts/login.html", next=request.args.get("next", ""))
+    email = normalise_email(request.form.get("email"))
+    password = request.form.get("password", "")
+    ratelimit.hit("login", ("ip", ratelimit.client_ip()), ("account", email or "-"))
+    user = None
+    if email and len(password) <= MAX_PASSWORD:
+        with get_db().transaction() as cur:
+            user = users.get_by_email(cur, email)
+            if not _password_matches(user, password):
+                user = None
+            elif user is not None and _hasher.check_needs_rehash(user.password_hash):
+                users.set_password_hash(cur, user.id, _hasher.hash(password))
+    if user is None:
+        return render_template(
+            "accounts/login.html",
+            errors=["The e-mail address or password is not right."],
+            email=email or "",
+            next=request.form.get("next", ""),
+        ), 401
+    _log_in(user)
+    return redirect(_safe_next(request.form.get("next")))
+
+
+def _password_matches(user: users.User | None, password: str) -> bool:
+    try:
+        return _hasher.verify(user.password_hash if user else _DUMMY_HASH, password) and bool(user)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    session.clear()
+    sessions.rotate()
+    return redirect(url_for("catalog.index"))
+
+
+@bp.get("/verify/<token>")
+def verify(token: str) -> Response | tuple[str, int]:
+    serializer = URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=VERIFY_SALT)
+    try:
+        claim = serializer.loads(token, max_age=VERIFY_MAX_AGE)
+    except SignatureExpired:
+        return render_template("error.html", code=410, title="Link expired",
+                               message="This confirmation link has expired. Log in and "
+                                       "ask for a new one on 'My orders'."), 410
+    except BadSignature:
+        abort(404)
+    with get_db().transaction() as cur:
+        if not users.mark_email_verified(cur, claim["user"], claim["email"]):
+            abort(404)
+        attached = orders.attach_guest_orders(cur, claim["email"], claim["user"])
+    log.info("user %s verified their address; %d guest orders attached", claim["user"], attached)
+    flash("Your address is confirmed." + (
+        f" {attached} earlier purchase(s) now appear below." if attached else ""))
+    return redirect(url_for("accounts.my_orders"))
+
+
+@bp.post("/verify/resend")
+@login_required
+def resend_verification() -> Response:
+    user_ref = current_user()
+    assert user_ref is not None  # noqa: S101 - login_required
+    ratelimit.hit("login", ("ip", ratelimit.client_ip()), ("account", user_ref.email))
+    with get_db().transaction() as cur:
+        user = users.get(cur, user_ref.id)
+    if user is not None and not user.email_verified:
+        _send_verification(user)
+    flash("We sent a new confirmation link.")
+    return redirect(url_for("accounts.my_orders"))
+
+
+@bp.get("/orders")
+@login_required
+def my_orders() -> str:
+    user_ref = current_user()
+    assert user_ref is not None  # noqa: S101 - login_required
+    with get_db().transaction() as cur:
+        user = users.get(cur, user_ref.id)
+        rows = orders.list_for_user(cur, user_ref.id)
+        links = {
+            order.id: grants.usable_for_order(cur, order.id)
+            for order in rows if order.status == "paid"
+        }
+    return render_template("accounts/orders.html", orders=rows, grants=links,
+                           verified=bool(user and user.email_verified))
+
+
+@bp.post("/orders/<order_id>/link")
+@login_required
+def reissue_link(order_id: str) -> Response:
+    user_ref = current_user()
+    assert user_ref is not None  # noqa: S101 - login_required
+    with get_db().transaction() as cur:
+        order = orders.get(cur, order_id)
+    if order is None or order.user_id != user_ref.id:
+        abort(404)
+    if fulfilment.reissue_link(order_id) is None:
+        flash("Downloads are not available for this order.")
+    else:
+        flash(f"A new download link for {order.product_title} is ready below.")
+    return redirect(url_for("accounts.my_orders"))

@@ -1,0 +1,105 @@
+"""The catalog pages, and the product cache in front of the read replica.
+
+Product data is cached in Redis under a version number; any change to the
+catalog bumps the version (``invalidate``), so every cached entry is replaced
+at once and stale ones simply expire. Reads go through ``get_db().read()``:
+the replica when configured, else (or when it is down) the primary. Prices
+shown here are for display only; checkout reads the price from the primary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+from flask import Blueprint, abort, current_app, render_template, request
+
+from .. import metrics
+from ..db import get_db
+from ..redis_store import get_redis
+from . import products
+from .products import Product
+
+log = logging.getLogger(__name__)
+bp = Blueprint("catalog", __name__)
+
+_VERSION_KEY = "paydrop:catalog:version"
+
+
+def _cache_key(name: str) -> str | None:
+    try:
+        version = get_redis().get(_VERSION_KEY)
+    except redis.RedisError as exc:
+        metrics.DEPENDENCY_ERRORS.labels(dependency="redis").inc()
+        log.warning("catalog cache unavailable: %s", exc)
+        return None
+    return f"paydrop:catalog:{(version or b'0').decode()}:{name}"
+
+
+def _cached(name: str, load: Any) -> Any:
+    """JSON value of ``load()``, from the cache when possible."""
+    key = _cache_key(name)
+    if key is not None:
+        try:
+            raw = get_redis().get(key)
+            if raw is not None:
+                return json.loads(raw)
+        except redis.RedisError as exc:
+            log.warning("catalog cache read failed: %s", exc)
+    value = load()
+    if key is not None and value is not None:
+        try:
+            get_redis().set(key, json.dumps(value), ex=current_app.config["CATALOG_CACHE_SECONDS"])
+        except redis.RedisError as exc:
+            log.warning("catalog cache write failed: %s", exc)
+    return value
+
+
+def active_products() -> list[Product]:
+    def load() -> list[dict[str, Any]]:
+        with get_db().read() as cur:
+            return [p.to_dict() for p in products.list_active(cur)]
+
+    return [Product(**row) for row in _cached("active", load)]
+
+
+def active_product(slug: str) -> Product | None:
+    def load() -> dict[str, Any] | None:
+        with get_db().read() as cur:
+            product = products.get_by_slug(cur, slug)
+        return product.to_dict() if product else None
+
+    # Only slugs that can exist reach the cache (no cache entries for junk URLs).
+    if not products.SLUG.match(slug):
+        return None
+    row = _cached(f"product:{slug}", load)
+    return Product(**row) if row else None
+
+
+def invalidate() -> None:
+    """Call after committing any change to products."""
+    try:
+        get_redis().incr(_VERSION_KEY)
+    except redis.RedisError as exc:
+        # Entries expire after CATALOG_CACHE_SECONDS anyway.
+        log.error("could not invalidate the catalog cache: %s", exc)
+
+
+@bp.get("/")
+def index() -> str:
+    return render_template("catalog/index.html", products=active_products())
+
+
+@bp.get("/products/<slug>")
+def product(slug: str) -> str:
+    item = active_product(slug)
+    if item is None:
+        abort(404, "There is no such product, or it is no longer for sale.")
+    return render_template(
+        "catalog/product.html",
+        product=item,
+        checkout_mode=current_app.config["CHECKOUT_MODE"],
+        canceled=request.args.get("canceled") == "1",
+    )

@@ -1,0 +1,325 @@
+"""Buying: the card form on our page (default) or Stripe-hosted Checkout.
+
+Card form ("finalize payments on the server"):
+  1. POST /checkout/<slug>/setup-intent -> a SetupIntent's client secret; the page
+     collects the card with Stripe.js (confirmCardSetup), which creates the
+     PaymentMethod (and runs 3-D Secure if the card asks for it).
+  2. POST /checkout/<slug>/pay {setup_intent_id, email} -> the server checks the
+     SetupIntent with Stripe, creates the pending order at the price in the
+     database, and creates a PaymentIntent with confirm=true.
+  3. If the bank wants 3-D Secure the page runs confirmCardPayment with the
+     client secret, then POST /checkout/orders/<id>/confirm makes the server
+     re-check the PaymentIntent.
+Hosted Checkout (CHECKOUT_MODE=checkout_session): POST /checkout/<slug>/session
+creates the order and a Checkout Session and redirects to Stripe.
+
+Either way GET /checkout/orders/<id> shows the outcome and reconciles with
+Stripe, so an order is fulfilled even when the webhook is late. Amounts and
+currencies only ever come from the products table; the browser sends ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import stripe
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+
+from .. import metrics
+from ..db import get_db
+from . import fulfilment, grants, orders, payment_events, products, ratelimit, users
+from .accounts import current_user, normalise_email
+from .errors import error_response
+from .stripe_client import charge_id, get_stripe
+
+log = logging.getLogger(__name__)
+bp = Blueprint("checkout", __name__, url_prefix="/checkout")
+
+SETUP_INTENT_ID = re.compile(r"^seti_[A-Za-z0-9_]{1,200}$")
+REMEMBERED_ORDERS = 20
+
+
+class BadInput(Exception):
+    pass
+
+
+def _require_mode(mode: str) -> None:
+    if current_app.config["CHECKOUT_MODE"] != mode:
+        abort(404)
+
+
+def _json_fields(allowed: set[str]) -> dict[str, Any]:
+    """The JSON object body, refusing any field outside ``allowed`` (no price, no amount)."""
+    data = request.get_json(silent=True)
+    if data is None and not request.get_data():
+        data = {}
+    if not isinstance(data, dict):
+        raise BadInput("Send a JSON object.")
+    unexpected = sorted(set(data) - allowed)
+    if unexpected:
+        raise BadInput(f"Unexpected field(s): {', '.join(unexpected)}.")
+    return data
+
+
+def _form_fields(allowed: set[str]) -> dict[str, str]:
+    unexpected = sorted(set(request.form) - allowed - {"csrf_token"})
+    if unexpected:
+        raise BadInput(f"Unexpected field(s): {', '.join(unexpected)}.")
+    return {key: request.form[key] for key in allowed if key in request.form}
+
+
+def _product_for_sale(slug: str) -> products.Product:
+    """The product as the primary has it now: the price charged comes from here."""
+    with get_db().transaction() as cur:
+        product = products.get_by_slug(cur, slug)
+    if product is None:
+        abort(404, "There is no such product, or it is no longer for sale.")
+    return product
+
+
+def _buyer_email(value: object) -> str:
+    user = current_user()
+    if user is not None:
+        return user.email
+    email = normalise_email(value)
+    if email is None:
+        raise BadInput("Enter a valid e-mail address for your receipt.")
+    return email
+
+
+def _remember(order_id: str) -> None:
+    seen = [o for o in session.get("orders", []) if o != order_id]
+    session["orders"] = (seen + [order_id])[-REMEMBERED_ORDERS:]
+
+
+def _may_view(order: orders.Order) -> bool:
+    user = current_user()
+    return order.id in session.get("orders", []) or (
+        user is not None and order.user_id == user.id
+    )
+
+
+def _create_order(product: products.Product, email: str, mode: str,
+                  setup_intent_id: str | None = None) -> orders.Order | None:
+    user = current_user()
+    with get_db().transaction() as cur:
+        user_id = user.id if user else users.verified_user_id(cur, email)
+        order = orders.create(
+            cur, product_id=product.id, amount=product.price_amount, currency=product.currency,
+            email=email, user_id=user_id, checkout_mode=mode, setup_intent_id=setup_intent_id,
+        )
+    if order is not None:
+        _remember(order.id)
+        metrics.ORDER_TRANSITIONS.labels(state="pending").inc()
+    return order
+
+
+def _order_url(order: orders.Order) -> str:
+    return url_for("checkout.order_status", order_id=order.id)
+
+
+def _payment_failed(order: orders.Order, message: str, reason: str) -> tuple[Response, int]:
+    metrics.PAYMENT_FAILURES.labels(reason=reason).inc()
+    fulfilment.fail(order.id, message)
+    return jsonify(error=message, order_url=_order_url(order)), 402
+
+
+def _settle(order: orders.Order, intent: dict[str, Any]) -> tuple[Response, int]:
+    """Act on a PaymentIntent's status and tell the page what to do next."""
+    status = intent["status"]
+    if status == "succeeded":
+        fulfilment.fulfil(order.id, amount=intent["amount"], currency=intent["currency"],
+                          payment_intent_id=intent["id"], charge_id=charge_id(intent))
+        return jsonify(status="paid", redirect=_order_url(order)), 200
+    if status == "requires_action":
+        return jsonify(
+            status="requires_action",
+            client_secret=intent["client_secret"],
+            confirm_url=url_for("checkout.confirm", order_id=order.id),
+        ), 200
+    if status in ("requires_payment_method", "canceled"):
+        error = intent.get("last_payment_error") or {}
+        return _payment_failed(
+            order,
+            error.get("message") or "The payment was not completed. No money was taken.",
+            error.get("decline_code") or error.get("code") or status,
+        )
+    return jsonify(status=status, redirect=_order_url(order)), 200
+
+
+@bp.errorhandler(BadInput)
+def _bad_input(exc: BadInput) -> tuple[Response | str, int]:
+    return error_response(400, str(exc))
+
+
+@bp.post("/<slug>/setup-intent")
+def setup_intent(slug: str) -> tuple[Response, int]:
+    _require_mode("payment_intent")
+    _json_fields(set())
+    product = _product_for_sale(slug)
+    ratelimit.hit("checkout", ("ip", ratelimit.client_ip()))
+    try:
+        intent = get_stripe().create_setup_intent(product.slug)
+    except stripe.StripeError as exc:
+        log.error("could not create a SetupIntent: %s", exc)
+        metrics.DEPENDENCY_ERRORS.labels(dependency="stripe").inc()
+        return jsonify(error="The payment service is not answering. Please try again."), 502
+    return jsonify(client_secret=intent["client_secret"]), 200
+
+
+@bp.post("/<slug>/pay")
+def pay(slug: str) -> tuple[Response, int]:
+    _require_mode("payment_intent")
+    data = _json_fields({"setup_intent_id", "email"})
+    setup_intent_id = data.get("setup_intent_id")
+    if not isinstance(setup_intent_id, str) or not SETUP_INTENT_ID.match(setup_intent_id):
+        raise BadInput("The card details are missing; enter them again.")
+    product = _product_for_sale(slug)
+    email = _buyer_email(data.get("email"))
+
+    with get_db().transaction() as cur:
+        earlier = orders.find_by_setup_intent(cur, setup_intent_id)
+    if earlier is not None:
+        # A double submit: answer for the order the first one created.
+        if not _may_view(earlier):
+            abort(409, "This card confirmation was already used.")
+        return jsonify(status=earlier.status, redirect=_order_url(earlier)), 200
+
+    try:
+        setup = get_stripe().retrieve_setup_intent(setup_intent_id)
+    except stripe.InvalidRequestError:
+        raise BadInput("The card details were not accepted; enter them again.") from None
+    except stripe.StripeError as exc:
+        log.error("could not read SetupIntent %s: %s", setup_intent_id, exc)
+        return jsonify(error="The payment service is not answering. Please try again."), 502
+    payment_method = setup.get("payment_method")
+    if isinstance(payment_method, dict):
+        payment_method = payment_method.get("id")
+    if (setup.get("status") != "succeeded" or not payment_method
+            or (setup.get("metadata") or {}).get("product") != product.slug):
+        raise BadInput("The card details were not confirmed; enter them again.")
+
+    order = _create_order(product, email, "payment_intent", setup_intent_id)
+    if order is None:
+        abort(409, "This card confirmation was already used.")
+    try:
+        intent = get_stripe().create_payment_intent(
+            order_id=order.id, amount=order.amount, currency=order.currency,
+            payment_method=payment_method, product_slug=product.slug,
+        )
+    except stripe.CardError as exc:
+        _link(order, ((exc.json_body or {}).get("error") or {}).get("payment_intent"))
+        return _payment_failed(order, exc.user_message or "Your card was declined.",
+                               getattr(exc, "decline_code", None) or exc.code or "card_error")
+    except stripe.StripeError as exc:
+        # The order stays pending: the idempotency key makes a retry safe, and
+        # the webhook or the order page settle it if the payment went through.
+        log.error("could not create the PaymentIntent for order %s: %s", order.id, exc)
+        metrics.DEPENDENCY_ERRORS.labels(dependency="stripe").inc()
+        return jsonify(error="The payment service is not answering. Check 'My orders' or "
+                             "your e-mail before trying again.", order_url=_order_url(order)), 502
+    _link(order, intent)
+    return _settle(order, intent)
+
+
+def _link(order: orders.Order, intent: dict[str, Any] | None) -> None:
+    if not intent or not intent.get("id"):
+        return
+    with get_db().transaction() as cur:
+        changes = payment_events.link_payment_intent(cur, order.id, intent["id"])
+    fulfilment.after_commit(changes)
+
+
+@bp.post("/orders/<order_id>/confirm")
+def confirm(order_id: str) -> tuple[Response, int]:
+    _require_mode("payment_intent")
+    _json_fields(set())
+    with get_db().transaction() as cur:
+        order = orders.get(cur, order_id)
+    if order is None or not _may_view(order) or not order.stripe_payment_intent_id:
+        abort(404)
+    if order.status != "pending":
+        return jsonify(status=order.status, redirect=_order_url(order)), 200
+    try:
+        intent = get_stripe().retrieve_payment_intent(order.stripe_payment_intent_id)
+    except stripe.StripeError as exc:
+        log.error("could not read PaymentIntent for order %s: %s", order.id, exc)
+        return jsonify(error="The payment service is not answering.",
+                       order_url=_order_url(order)), 502
+    if intent["status"] == "requires_action":
+        return jsonify(error="The bank has not confirmed the payment yet.",
+                       order_url=_order_url(order)), 409
+    return _settle(order, intent)
+
+
+@bp.post("/<slug>/session")
+def checkout_session(slug: str) -> Response | tuple[Response | str, int]:
+    _require_mode("checkout_session")
+    fields = _form_fields({"email"})
+    product = _product_for_sale(slug)
+    email = _buyer_email(fields.get("email"))
+    ratelimit.hit("checkout", ("ip", ratelimit.client_ip()))
+    order = _create_order(product, email, "checkout_session")
+    assert order is not None  # noqa: S101 - no setup intent, no conflict
+    base = current_app.config["PUBLIC_URL"].rstrip("/")
+    try:
+        checkout = get_stripe().create_checkout_session(
+            order_id=order.id, amount=order.amount, currency=order.currency,
+            product_title=product.title, product_slug=product.slug, email=email,
+            success_url=f"{base}{_order_url(order)}?session_id={{CHECKOUT_SESSION_ID}}",
+            cancel_url=f"{base}{url_for('catalog.product', slug=product.slug, canceled=1)}",
+        )
+    except stripe.StripeError as exc:
+        log.error("could not create a Checkout Session for order %s: %s", order.id, exc)
+        metrics.DEPENDENCY_ERRORS.labels(dependency="stripe").inc()
+        fulfilment.fail(order.id, "could not reach the payment service")
+        return error_response(502, "The payment service is not answering. Please try again.")
+    with get_db().transaction() as cur:
+        orders.set_checkout_session(cur, order.id, checkout["id"])
+    return redirect(checkout["url"], code=303)
+
+
+def _reconcile(order: orders.Order) -> None:
+    """Ask Stripe about a pending order; fulfil it if it was paid (webhook late)."""
+    gateway = get_stripe()
+    try:
+        if order.stripe_payment_intent_id:
+            intent = gateway.retrieve_payment_intent(order.stripe_payment_intent_id)
+            if intent["status"] == "succeeded":
+                fulfilment.fulfil(order.id, amount=intent["amount"], currency=intent["currency"],
+                                  payment_intent_id=intent["id"], charge_id=charge_id(intent))
+        elif order.stripe_checkout_session_id:
+            checkout = gateway.retrieve_checkout_session(order.stripe_checkout_session_id)
+            with get_db().transaction() as cur:
+                outcome = payment_events.checkout_session_paid(cur, checkout)
+            fulfilment.after_commit(outcome.changes)
+    except stripe.StripeError as exc:
+        log.warning("could not reconcile order %s with Stripe: %s", order.id, exc)
+
+
+@bp.get("/orders/<order_id>")
+def order_status(order_id: str) -> str:
+    with get_db().transaction() as cur:
+        order = orders.get(cur, order_id)
+    if order is None or not _may_view(order):
+        abort(404)
+    if order.status == "pending":
+        _reconcile(order)
+    with get_db().transaction() as cur:
+        order = orders.get(cur, order_id)
+        grant = grants.usable_for_order(cur, order_id) if order and order.status == "paid" else None
+    assert order is not None  # noqa: S101 - orders are never deleted
+    return render_template("checkout/order.html", order=order, grant=grant)

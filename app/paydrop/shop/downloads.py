@@ -1,0 +1,102 @@
+"""GET /downloads/<token>: check the grant, count the download, send the file.
+
+How the bytes leave:
+* DOWNLOAD_ACCEL_PREFIX empty (development, tests): the app streams them.
+* local storage + prefix: ``X-Accel-Redirect: <prefix><key>`` and nginx sends
+  the file from an ``internal`` location (never reachable from outside).
+* S3 storage + prefix: a 302 to a presigned GET URL valid for
+  PRESIGNED_URL_SECONDS, so the bytes come straight from the bucket and the
+  URL is useless a minute later.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from flask import Blueprint, Response, abort, current_app, redirect, request, url_for
+from werkzeug.exceptions import Forbidden, Gone, NotFound
+
+from .. import metrics
+from ..db import get_db
+from . import grants
+from .storage import S3Storage, StorageError, get_storage
+
+log = logging.getLogger(__name__)
+bp = Blueprint("downloads", __name__)
+
+PRESIGNED_URL_SECONDS = 60
+
+
+def _token(grant_id: str) -> str:
+    return grants.make_token(current_app.config["SECRET_KEY"], grant_id)
+
+
+def download_path(grant_id: str) -> str:
+    return url_for("downloads.download", token=_token(grant_id))
+
+
+def download_url(grant_id: str) -> str:
+    """The absolute link, for e-mails (built from PUBLIC_URL, not the request)."""
+    return f"{current_app.config['PUBLIC_URL'].rstrip('/')}/downloads/{_token(grant_id)}"
+
+
+def _content_disposition(filename: str) -> str:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "").replace("?", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+
+
+REFUSALS = {
+    "revoked": Forbidden("This download is no longer available: the order was refunded "
+                         "or disputed."),
+    "expired": Gone("This download link has expired. Ask for a new one on 'My orders'."),
+    "exhausted": Gone("This download link has been used the maximum number of times. "
+                      "Ask for a new one on 'My orders'."),
+}
+
+
+@bp.get("/downloads/<token>")
+def download(token: str) -> Response:
+    grant_id = grants.grant_id_from_token(current_app.config["SECRET_KEY"], token)
+    if grant_id is None:
+        abort(404, "This download link is not valid.")
+    storage = get_storage()
+    accel = current_app.config["DOWNLOAD_ACCEL_PREFIX"]
+    with get_db().transaction() as cur:
+        asset = grants.consume(cur, grant_id)
+        if asset is None:
+            reason = grants.refusal_reason(cur, grant_id)
+            raise REFUSALS.get(reason) or NotFound("This download link is not valid.")
+        head = request.method == "HEAD"
+        if head:
+            # Link checkers and mail scanners do not use up downloads.
+            cur.connection.rollback()
+        body = None
+        if not accel and not head:
+            try:
+                body = storage.open_stream(asset.key)
+            except StorageError as exc:
+                # Rolling back un-counts the download.
+                log.error("asset for grant %s is missing: %s", grant_id, exc)
+                metrics.DEPENDENCY_ERRORS.labels(dependency="storage").inc()
+                abort(503, "The file is temporarily unavailable. Please try again later.")
+
+    if not head:
+        metrics.DOWNLOAD_BYTES.inc(asset.size)
+    headers = {
+        "Content-Disposition": _content_disposition(asset.filename),
+        "Cache-Control": "private, no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if accel and isinstance(storage, S3Storage):
+        url = storage.presigned_url(asset.key, asset.filename, asset.content_type,
+                                    PRESIGNED_URL_SECONDS)
+        response = redirect(url, code=302)
+        response.headers["Cache-Control"] = "private, no-store"
+        return response
+    if accel:
+        headers["X-Accel-Redirect"] = accel + quote(asset.key)
+        return Response(b"", headers=headers, mimetype=asset.content_type)
+    headers["Content-Length"] = str(asset.size)
+    return Response(body or b"", headers=headers, mimetype=asset.content_type,
+                    direct_passthrough=True)

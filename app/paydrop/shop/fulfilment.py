@@ -1,0 +1,201 @@
+"""The order state machine and what happens when an order changes state.
+
+    pending -> paid -> refunded | disputed
+    pending -> failed -> paid        (the same payment succeeded after all)
+    pending | failed -> refunded | disputed   (events that arrived out of order)
+
+refunded and disputed are final: an order never goes back to paid.
+
+Each ``mark_*`` function runs inside the caller's transaction, locks the order
+row, and changes it with an UPDATE guarded by the allowed source states, so
+the checkout page, the success page and any number of concurrent webhook
+deliveries can call it and the change happens exactly once. It returns a
+``Change`` (or None when nothing changed); the caller passes the changes to
+``after_commit`` once the transaction has committed: metrics, the
+``paydrop:orders`` message and the receipt e-mail.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from flask import current_app
+
+from .. import metrics
+from ..db import get_db
+from . import grants, mail, order_events, orders
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Change:
+    order: orders.Order
+    grant: grants.Grant | None = None
+
+
+def _transition(cur: Any, order_id: str, sets: str, allowed: tuple[str, ...],
+                params: tuple[Any, ...] = ()) -> bool:
+    cur.execute(
+        f"""UPDATE orders SET {sets}, updated_at = now()
+            WHERE id = %s AND status = ANY(%s) RETURNING id""",
+        (*params, order_id, list(allowed)),
+    )
+    return cur.fetchone() is not None
+
+
+def mark_paid(
+    cur: Any,
+    order_id: str,
+    *,
+    amount: int,
+    currency: str,
+    payment_intent_id: str | None = None,
+    charge_id: str | None = None,
+) -> Change | None:
+    """The one fulfilment function: pending/failed -> paid, plus a download grant.
+
+    ``amount`` and ``currency`` are what Stripe says was paid; an order is only
+    fulfilled when they equal the price recorded on the order.
+    """
+    order = orders.lock(cur, order_id)
+    if order is None or order.status not in ("pending", "failed"):
+        return None
+    if amount != order.amount or currency.lower() != order.currency:
+        log.error("order %s: Stripe reports %s %s paid, the order says %s %s; not fulfilling",
+                  order_id, amount, currency, order.amount, order.currency)
+        cur.execute("UPDATE orders SET flagged = true WHERE id = %s", (order_id,))
+        return None
+    if not _transition(
+        cur, order_id,
+        """status = 'paid', paid_at = now(), failure_message = NULL,
+           stripe_payment_intent_id = coalesce(stripe_payment_intent_id, %s),
+           stripe_charge_id = coalesce(%s, stripe_charge_id)""",
+        ("pending", "failed"), (payment_intent_id, charge_id),
+    ):
+        return None
+    config = current_app.config
+    grant = grants.create(cur, order_id, config["DOWNLOAD_TTL_SECONDS"], config["DOWNLOAD_LIMIT"])
+    return Change(_reload(cur, order_id), grant)
+
+
+def mark_failed(cur: Any, order_id: str, message: str) -> Change | None:
+    """pending -> failed (a payment that has succeeded is never failed afterwards)."""
+    if orders.lock(cur, order_id) is None:
+        return None
+    if not _transition(cur, order_id, "status = 'failed', failure_message = %s", ("pending",),
+                       (message[:500],)):
+        return None
+    return Change(_reload(cur, order_id))
+
+
+def mark_refunded(cur: Any, order_id: str, *, amount_refunded: int, fully: bool) -> Change | None:
+    """Record a refund; a full refund revokes the downloads and ends the order."""
+    if orders.lock(cur, order_id) is None:
+        return None
+    cur.execute(
+        "UPDATE orders SET amount_refunded = greatest(amount_refunded, %s) WHERE id = %s",
+        (amount_refunded, order_id),
+    )
+    if not fully or not _transition(
+        cur, order_id, "status = 'refunded', revoked_at = now()", ("pending", "paid", "failed")
+    ):
+        return None
+    grants.revoke_for_order(cur, order_id)
+    return Change(_reload(cur, order_id))
+
+
+def mark_disputed(cur: Any, order_id: str) -> Change | None:
+    """A dispute revokes the downloads and flags the order for a human."""
+    if orders.lock(cur, order_id) is None:
+        return None
+    cur.execute("UPDATE orders SET flagged = true WHERE id = %s", (order_id,))
+    grants.revoke_for_order(cur, order_id)
+    if not _transition(
+        cur, order_id, "status = 'disputed', revoked_at = now()", ("pending", "paid", "failed")
+    ):
+        return None
+    return Change(_reload(cur, order_id))
+
+
+def _reload(cur: Any, order_id: str) -> orders.Order:
+    order = orders.get(cur, order_id)
+    assert order is not None  # noqa: S101 - locked by this transaction
+    return order
+
+
+def after_commit(changes: Iterable[Change | None]) -> None:
+    """Side effects of committed changes; never raises for a dependency outage."""
+    from .downloads import download_url
+
+    for change in changes:
+        if change is None:
+            continue
+        order = change.order
+        metrics.ORDER_TRANSITIONS.labels(state=order.status).inc()
+        order_events.publish(
+            f"order.{order.status}",
+            {
+                "order_id": order.id,
+                "status": order.status,
+                "product": order.product_slug,
+                "amount": order.amount,
+                "currency": order.currency,
+            },
+        )
+        if order.status == "paid" and change.grant is not None:
+            _send_receipt(order, download_url(change.grant.id), change.grant)
+        log.info("order %s is now %s", order.id, order.status)
+
+
+def _send_receipt(order: orders.Order, link: str, grant: grants.Grant) -> None:
+    from .money import format_money
+
+    body = (
+        f"Thank you for your purchase.\n\n"
+        f"Order: {order.id}\n"
+        f"Item: {order.product_title}\n"
+        f"Paid: {format_money(order.amount, order.currency)}\n\n"
+        f"Download: {link}\n"
+        f"The link works {grant.max_downloads} times until "
+        f"{grant.expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC. A new link can be requested from "
+        f"'My orders' after you create an account with this address.\n"
+    )
+    mail.send(order.email, f"Your receipt for {order.product_title}", body)
+
+
+def fulfil(
+    order_id: str,
+    *,
+    amount: int,
+    currency: str,
+    payment_intent_id: str | None = None,
+    charge_id: str | None = None,
+) -> None:
+    """``mark_paid`` in its own transaction, then its side effects (for the pages)."""
+    with get_db().transaction() as cur:
+        change = mark_paid(cur, order_id, amount=amount, currency=currency,
+                           payment_intent_id=payment_intent_id, charge_id=charge_id)
+    after_commit([change])
+
+
+def fail(order_id: str, message: str) -> None:
+    with get_db().transaction() as cur:
+        change = mark_failed(cur, order_id, message)
+    after_commit([change])
+
+
+def reissue_link(order_id: str) -> grants.Grant | None:
+    """A fresh download grant for a paid order; earlier links stop working."""
+    config = current_app.config
+    with get_db().transaction() as cur:
+        order = orders.lock(cur, order_id)
+        if order is None or order.status != "paid":
+            return None
+        grants.revoke_for_order(cur, order_id)
+        return grants.create(cur, order_id, config["DOWNLOAD_TTL_SECONDS"],
+                             config["DOWNLOAD_LIMIT"])

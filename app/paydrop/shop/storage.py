@@ -1,0 +1,161 @@
+"""Where product files live: a local directory or an S3-compatible bucket.
+
+Keys are relative paths such as ``products/field-guide/3f2a9c.../field-guide.pdf``.
+Nothing here is ever served under a public URL: downloads go through
+``downloads.py``, which checks a grant first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from flask import Flask, current_app
+
+_EXTENSION = "paydrop.storage"
+CHUNK = 64 * 1024
+
+
+class StorageError(Exception):
+    pass
+
+
+def validate_key(key: str) -> str:
+    path = PurePosixPath(key)
+    if not key or path.is_absolute() or any(part in ("", ".", "..") for part in key.split("/")):
+        raise StorageError(f"invalid storage key: {key!r}")
+    return key
+
+
+def asset_key(slug: str, filename: str, sha256: str) -> str:
+    """Content-addressed, so replacing a product's file never changes bytes already sold."""
+    return validate_key(f"products/{slug}/{sha256[:16]}/{PurePosixPath(filename).name}")
+
+
+def sha256_of(stream: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(CHUNK), b""):
+        digest.update(chunk)
+    stream.seek(0)
+    return digest.hexdigest()
+
+
+class LocalStorage:
+    kind = "local"
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        path = (self.root / validate_key(key)).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageError(f"key escapes the storage directory: {key!r}")
+        return path
+
+    def put(self, key: str, stream: IO[bytes], content_type: str) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        with partial.open("wb") as out:
+            shutil.copyfileobj(stream, out, CHUNK)
+        partial.replace(path)
+
+    def open_stream(self, key: str) -> Iterator[bytes]:
+        try:
+            handle = self.path(key).open("rb")
+        except FileNotFoundError as exc:
+            raise StorageError(f"missing object {key!r}") from exc
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                yield from iter(lambda: handle.read(CHUNK), b"")
+
+        return chunks()
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+
+class S3Storage:
+    kind = "s3"
+
+    def __init__(
+        self, bucket: str, endpoint_url: str, region: str, access_key_id: str, secret_key: str
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            region_name=region,
+            aws_access_key_id=access_key_id or None,
+            aws_secret_access_key=secret_key or None,
+            config=Config(signature_version="s3v4", retries={"max_attempts": 3},
+                          connect_timeout=5, read_timeout=30),
+        )
+
+    def put(self, key: str, stream: IO[bytes], content_type: str) -> None:
+        self.client.upload_fileobj(
+            stream, self.bucket, validate_key(key), ExtraArgs={"ContentType": content_type}
+        )
+
+    def open_stream(self, key: str) -> Iterator[bytes]:
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=validate_key(key))["Body"]
+        except ClientError as exc:
+            raise StorageError(f"cannot read {key!r}: {exc}") from exc
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from body.iter_chunks(CHUNK)
+            finally:
+                body.close()
+
+        return chunks()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
+        except ClientError:
+            return False
+        return True
+
+    def presigned_url(self, key: str, filename: str, content_type: str, expires: int) -> str:
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": validate_key(key),
+            "ResponseContentDisposition": f'attachment; filename="{filename}"',
+            "ResponseContentType": content_type,
+        }
+        return str(self.client.generate_presigned_url("get_object", Params=params,
+                                                      ExpiresIn=expires))
+
+
+def init_app(app: Flask) -> None:
+    config = app.config
+    backend: LocalStorage | S3Storage
+    if config["STORAGE_BACKEND"] == "s3":
+        backend = S3Storage(
+            config["S3_BUCKET"],
+            config["S3_ENDPOINT_URL"],
+            config["S3_REGION"],
+            config["S3_ACCESS_KEY_ID"],
+            config["S3_SECRET_ACCESS_KEY"],
+        )
+    else:
+        backend = LocalStorage(config["STORAGE_LOCAL_DIR"])
+    app.extensions[_EXTENSION] = backend
+
+
+def get_storage() -> LocalStorage | S3Storage:
+    backend: LocalStorage | S3Storage = current_app.extensions[_EXTENSION]
+    return backend

@@ -1,0 +1,161 @@
+"""The one place that talks to Stripe.
+
+API version pinned (upgrade deliberately, together with the SDK); every POST
+carries an idempotency key derived from what it is for, so a retry after a
+timeout can never charge twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import stripe
+from flask import Flask, current_app
+
+# The version stripe-python 16 was generated for; webhook endpoints should be
+# created with the same version so events have the shape the handlers expect.
+API_VERSION = "2026-10-28.endive"
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+_EXTENSION = "paydrop.stripe"
+
+
+class StripeGateway:
+    def __init__(self, secret_key: str, api_base: str, timeout: int, webhook_secret: str):
+        self._client = stripe.StripeClient(
+            secret_key,
+            stripe_version=API_VERSION,
+            base_addresses={"api": api_base},
+            max_network_retries=2,
+            http_client=stripe.RequestsClient(timeout=timeout),
+        )
+        self._webhook_secret = webhook_secret
+
+    # -- payments on our own page ("finalize payments on the server") ------------------
+
+    def create_setup_intent(self, product_slug: str) -> dict[str, Any]:
+        """Collects the card in the browser (Stripe.js creates the PaymentMethod)."""
+        return _plain(self._client.v1.setup_intents.create(
+            params={
+                "payment_method_types": ["card"],
+                "usage": "on_session",
+                "metadata": {"product": product_slug},
+            },
+            options={"idempotency_key": f"paydrop-setup-{uuid.uuid4()}"},
+        ))
+
+    def retrieve_setup_intent(self, setup_intent_id: str) -> dict[str, Any]:
+        return _plain(self._client.v1.setup_intents.retrieve(setup_intent_id))
+
+    def create_payment_intent(
+        self, *, order_id: str, amount: int, currency: str, payment_method: str, product_slug: str
+    ) -> dict[str, Any]:
+        """Create and confirm the order's PaymentIntent; raises stripe.CardError on decline."""
+        return _plain(self._client.v1.payment_intents.create(
+            params={
+                "amount": amount,
+                "currency": currency,
+                "payment_method": payment_method,
+                "payment_method_types": ["card"],
+                "confirm": True,
+                "metadata": {"order_id": order_id, "product": product_slug},
+            },
+            options={"idempotency_key": f"paydrop-order-{order_id}-payment-intent"},
+        ))
+
+    def retrieve_payment_intent(self, payment_intent_id: str) -> dict[str, Any]:
+        return _plain(self._client.v1.payment_intents.retrieve(payment_intent_id))
+
+    # -- Stripe-hosted Checkout ---------------------------------------------------------
+
+    def create_checkout_session(
+        self,
+        *,
+        order_id: str,
+        amount: int,
+        currency: str,
+        product_title: str,
+        product_slug: str,
+        email: str,
+        success_url: str,
+        cancel_url: str,
+    ) -> dict[str, Any]:
+        metadata = {"order_id": order_id, "product": product_slug}
+        return _plain(self._client.v1.checkout.sessions.create(
+            params={
+                "mode": "payment",
+                "line_items": [
+                    {
+                        "quantity": 1,
+                        "price_data": {
+                            "currency": currency,
+                            "unit_amount": amount,
+                            "product_data": {"name": product_title},
+                        },
+                    }
+                ],
+                "customer_email": email,
+                "client_reference_id": order_id,
+                "metadata": metadata,
+                "payment_intent_data": {"metadata": metadata},
+                "success_url": success_url,
+                "cancel_url": cancel_url,
+            },
+            options={"idempotency_key": f"paydrop-order-{order_id}-checkout-session"},
+        ))
+
+    def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
+        return _plain(self._client.v1.checkout.sessions.retrieve(session_id))
+
+    # -- after the sale -----------------------------------------------------------------
+
+    def refund(self, *, order_id: str, payment_intent_id: str) -> dict[str, Any]:
+        return _plain(self._client.v1.refunds.create(
+            params={"payment_intent": payment_intent_id, "metadata": {"order_id": order_id}},
+            options={"idempotency_key": f"paydrop-order-{order_id}-refund"},
+        ))
+
+    # -- webhooks -----------------------------------------------------------------------
+
+    def verify_webhook(self, payload: bytes, signature_header: str | None) -> None:
+        """Raise stripe.SignatureVerificationError unless Stripe signed ``payload``
+        with our endpoint secret within the last five minutes."""
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if not signature_header or text is None:
+            raise stripe.SignatureVerificationError("unsigned or undecodable payload", "")
+        stripe.WebhookSignature.verify_header(
+            text,
+            signature_header,
+            self._webhook_secret,
+            tolerance=WEBHOOK_TOLERANCE_SECONDS,
+        )
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return obj.to_dict() if isinstance(obj, stripe.StripeObject) else dict(obj)
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[_EXTENSION] = StripeGateway(
+        app.config["STRIPE_SECRET_KEY"],
+        app.config["STRIPE_API_BASE"],
+        app.config["STRIPE_TIMEOUT_SECONDS"],
+        app.config["STRIPE_WEBHOOK_SECRET"],
+    )
+
+
+def get_stripe() -> StripeGateway:
+    gateway: StripeGateway = current_app.extensions[_EXTENSION]
+    return gateway
+
+
+def charge_id(payment_intent: dict[str, Any]) -> str | None:
+    """The id of the PaymentIntent's latest charge (an id, or an expanded object)."""
+    charge = payment_intent.get("latest_charge")
+    if charge is None or isinstance(charge, str):
+        return charge
+    return str(charge["id"])

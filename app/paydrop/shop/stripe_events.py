@@ -1,0 +1,47 @@
+"""SQL for the Stripe events ledger (one row per event id ever processed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2.extras
+
+
+def record(cur: Any, event_id: str, event_type: str) -> bool:
+    """Claim the event; False when it was already recorded (a duplicate delivery).
+
+    A concurrent delivery of the same id waits on the primary key until the
+    first transaction ends, then sees the row and gets False.
+    """
+    cur.execute(
+        """INSERT INTO stripe_events (id, type) VALUES (%s, %s)
+           ON CONFLICT (id) DO NOTHING RETURNING id""",
+        (event_id, event_type),
+    )
+    return cur.fetchone() is not None
+
+
+def mark_processed(cur: Any, event_id: str) -> None:
+    cur.execute(
+        "UPDATE stripe_events SET processed_at = now(), payload = NULL WHERE id = %s",
+        (event_id,),
+    )
+
+
+def park(cur: Any, event_id: str, payment_intent_id: str, obj: dict[str, Any]) -> None:
+    """Keep an event about a payment no order knows yet, to replay later."""
+    cur.execute(
+        "UPDATE stripe_events SET payment_intent_id = %s, payload = %s WHERE id = %s",
+        (payment_intent_id, psycopg2.extras.Json(obj), event_id),
+    )
+
+
+def parked_for(cur: Any, payment_intent_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, type, object) of parked events for the payment, oldest first, row-locked."""
+    cur.execute(
+        """SELECT id, type, payload FROM stripe_events
+           WHERE payment_intent_id = %s AND processed_at IS NULL
+           ORDER BY received_at, id FOR UPDATE""",
+        (payment_intent_id,),
+    )
+    return [(row["id"], row["type"], row["payload"]) for row in cur.fetchall()]

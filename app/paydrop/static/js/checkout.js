@@ -1,0 +1,107 @@
+/*
+ * The card form on a product page ("finalize payments on the server").
+ *
+ * 1. Ask our server for a SetupIntent and let Stripe.js collect the card with
+ *    confirmCardSetup: Stripe creates the PaymentMethod (and runs 3-D Secure
+ *    if the card wants it). Card numbers never touch our server.
+ * 2. Send the SetupIntent id to our server, which charges the price it keeps
+ *    in its own database (the page never sends an amount).
+ * 3. If the bank asks for authentication, finish it with confirmCardPayment and
+ *    let the server check the result.
+ */
+(function () {
+  "use strict";
+
+  var form = document.getElementById("payment-form");
+  if (!form) { return; }
+  var button = document.getElementById("pay-button");
+  var errorBox = document.getElementById("payment-error");
+  var emailInput = document.getElementById("email");
+  var csrfToken = form.querySelector('input[name="csrf_token"]').value;
+
+  function showError(message, orderUrl) {
+    errorBox.textContent = message;
+    if (orderUrl) {
+      var link = document.createElement("a");
+      link.href = orderUrl;
+      link.textContent = " See the order.";
+      errorBox.appendChild(link);
+    }
+    errorBox.hidden = false;
+    errorBox.focus();
+  }
+
+  if (typeof Stripe === "undefined") {
+    showError("Card payments are unavailable right now. Please try again later.");
+    button.disabled = true;
+    return;
+  }
+
+  var stripe = Stripe(form.dataset.publishableKey);
+  var card = stripe.elements().create("card");
+  card.mount("#card-element");
+
+  function post(url, body) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "X-CSRFToken": csrfToken
+      },
+      body: JSON.stringify(body)
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (data) {
+        return { ok: response.ok, data: data };
+      });
+    });
+  }
+
+  async function pay() {
+    if (emailInput && !emailInput.checkValidity()) {
+      showError("Enter a valid e-mail address for your receipt.");
+      return;
+    }
+    var setup = await post(form.dataset.setupUrl, {});
+    if (!setup.ok) {
+      showError(setup.data.error || "The payment could not be started. Please try again.");
+      return;
+    }
+    var confirmed = await stripe.confirmCardSetup(setup.data.client_secret, {
+      payment_method: { card: card }
+    });
+    if (!confirmed || confirmed.error) {
+      showError((confirmed && confirmed.error && confirmed.error.message) ||
+                "Your card was not accepted. Check the details and try again.");
+      return;
+    }
+    var body = { setup_intent_id: confirmed.setupIntent.id };
+    if (emailInput) { body.email = emailInput.value; }
+    var result = await post(form.dataset.payUrl, body);
+    if (result.ok && result.data.status === "requires_action") {
+      // The server re-checks the PaymentIntent whatever Stripe.js reports here.
+      await stripe.confirmCardPayment(result.data.client_secret);
+      result = await post(result.data.confirm_url, {});
+    }
+    if (result.ok && result.data.redirect) {
+      window.location.assign(result.data.redirect);
+      return;
+    }
+    showError(result.data.error || "The payment did not go through. No money was taken.",
+              result.data.order_url);
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    errorBox.hidden = true;
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    pay().catch(function () {
+      showError("We could not reach the server. Check your connection and try again.");
+    }).finally(function () {
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    });
+  });
+}());

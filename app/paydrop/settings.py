@@ -156,6 +156,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEALTH_CHECK_TIMEOUT_SECONDS", _positive_int, "2"),
     Setting("LOGIN_RATE_LIMIT", default="10/300",
             help="attempts/seconds allowed per IP and per account for login and registration"),
+    Setting("CHECKOUT_RATE_LIMIT", default="30/300",
+            help="card payments started per IP per window (attempts/seconds; slows card testing)"),
 )
 
 SECRET_NAMES = frozenset(s.name for s in SETTINGS if s.secret)

@@ -3,11 +3,13 @@
 # Python (Debian 12: CPython 3.11 on x86_64 glibc 2.36), checked against the
 # hashes in the lock files. The image build then needs no index and no network.
 #
-#   scripts/build-wheels.sh            # wheels for app/requirements.lock and app/requirements-build.lock
+#   scripts/build-wheels.sh          # wheels for app/requirements.lock and app/requirements-build.lock
+#   scripts/build-wheels.sh --lock   # first regenerate both lock files from pyproject.toml
 #
-# The lock files are hash-pinned and generated from pyproject.toml; to update
-# them after changing dependencies, run the pip-compile command written at the
-# top of each file (from the repository root).
+# The locks are resolved by pip-compile running on Debian 12's own python3
+# (3.11.2, the image's interpreter): markers such as redis's
+# `async-timeout; python_full_version < "3.11.3"` must be evaluated for the
+# image, not for whichever Python runs the tests.
 #
 # Environment: WHEELHOUSE (default ./wheelhouse), PYTHON (default .venv/bin/python
 # if present, else python3), WHEEL_GLIBC_MINOR (default 36: Debian 12's glibc 2.36).
@@ -27,6 +29,26 @@ platforms=(--platform manylinux2014_x86_64)
 for minor in $(seq "$GLIBC_MINOR" -1 17); do
   platforms+=(--platform "manylinux_2_${minor}_x86_64")
 done
+
+lock() {
+  local venv
+  venv="$(mktemp -d)"
+  trap 'rm -rf "$venv"' RETURN
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "pip-tools>=7.4,<8"
+  local common=(--quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links)
+  echo "build-wheels: locking app/requirements.lock" >&2
+  "$venv/bin/pip-compile" "${common[@]}" --output-file app/requirements.lock pyproject.toml
+  echo "build-wheels: locking app/requirements-build.lock" >&2
+  "$venv/bin/pip-compile" "${common[@]}" --allow-unsafe --build-deps-for wheel --only-build-deps \
+    --output-file app/requirements-build.lock pyproject.toml 2>/dev/null
+}
+
+case "${1:-}" in
+  --lock) lock ;;
+  "") ;;
+  *) echo "usage: $0 [--lock]" >&2; exit 2 ;;
+esac
 
 mkdir -p "$WHEELHOUSE"
 for lock in app/requirements.lock app/requirements-build.lock; do

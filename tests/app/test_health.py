@@ -1,0 +1,203 @@
+"""Health endpoints against real PostgreSQL, Redis and localstripe: liveness
+never depends on anything, readiness follows the database, Redis and the
+schema version, and Stripe trouble is reported without making the app unready."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+
+from paydrop import migrate
+from tests.support.servers import HOST, LocalStripeServer, PostgresServer, RedisServer
+
+FAILURE_DEADLINE = 5.0  # seconds from a dependency stopping to readiness saying 503
+
+
+def _poll(check: Callable[[], bool], timeout: float, step: float = 0.1) -> float:
+    """Seconds until ``check()`` is true; fails after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL this test may stop and start (never the shared one)."""
+    with PostgresServer() as server:
+        migrate.upgrade(server.url)
+        yield server
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A port that accepts TCP connections and never answers: a hung dependency."""
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(2)
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def test_liveness_touches_nothing(make_app: Callable[..., Any]) -> None:
+    # Nothing listens at these addresses: liveness must not care.
+    app = make_app({"DATABASE_URL": f"postgresql://nobody@{HOST}:1/none",
+                    "REDIS_URL": f"redis://{HOST}:1/0"})
+    response = app.test_client().get("/api/health/live")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ok"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_health_has_the_seed_shape(make_app: Callable[..., Any]) -> None:
+    client = make_app().test_client()
+    _poll(lambda: client.get("/api/health").get_json()["checks"]["stripe"] == "healthy", 10)
+
+    response = client.get("/api/health")
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert {"timestamp", "status", "version", "environment", "uptime", "checks"} <= set(body)
+    assert body["status"] == "ok"
+    assert body["environment"] == "test"
+    assert body["checks"] == {"database": "healthy", "redis": "healthy",
+                              "migrations": "healthy", "stripe": "healthy"}
+    assert client.get("/api/health/ready").status_code == 200
+
+
+def test_ready_needs_every_migration_this_release_ships(
+        make_app: Callable[..., Any], pg_server: PostgresServer) -> None:
+    url = pg_server.create_database("paydrop_health_unmigrated", exist_ok=True)
+    client = make_app({"DATABASE_URL": url}).test_client()
+
+    response = client.get("/api/health/ready")
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["migrations"] == "unhealthy"
+    assert client.get("/api/health").status_code == 503
+
+    migrate.upgrade(url)
+    assert client.get("/api/health/ready").status_code == 200
+
+
+def test_old_release_stays_ready_after_a_newer_release_migrated(
+        make_app: Callable[..., Any], pg_server: PostgresServer) -> None:
+    """Blue-green: the new colour's migrations run while the old colour serves."""
+    url = pg_server.create_database("paydrop_health_newer", exist_ok=True)
+    migrate.upgrade(url)
+    newer = migrate.expected_version() + 1
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO schema_migrations (version, name, checksum) "
+                    "VALUES (%s, 'from_a_newer_release', 'x') ON CONFLICT DO NOTHING", (newer,))
+    conn.close()
+
+    response = make_app({"DATABASE_URL": url}).test_client().get("/api/health/ready")
+
+    assert response.status_code == 200
+    assert response.get_json()["schema_version"] == newer
+
+
+def test_readiness_follows_postgres(make_app: Callable[..., Any],
+                                    own_postgres: PostgresServer) -> None:
+    client = make_app({"DATABASE_URL": own_postgres.url}).test_client()
+    assert client.get("/api/health/ready").status_code == 200
+
+    own_postgres.stop()
+    took = _poll(lambda: client.get("/api/health/ready").status_code == 503, FAILURE_DEADLINE)
+    assert took < FAILURE_DEADLINE
+    body = client.get("/api/health/ready").get_json()
+    assert body["checks"]["database"] == "unhealthy"
+    assert client.get("/api/health").status_code == 503
+    assert client.get("/api/health").get_json()["status"] == "unhealthy"
+    assert client.get("/api/health/live").status_code == 200
+
+    own_postgres.start()
+    _poll(lambda: client.get("/api/health/ready").status_code == 200, 10)
+    assert client.get("/api/health/live").status_code == 200
+
+
+def test_readiness_follows_redis(make_app: Callable[..., Any], own_redis: RedisServer) -> None:
+    client = make_app({"REDIS_URL": own_redis.url}).test_client()
+    assert client.get("/api/health/ready").status_code == 200
+
+    own_redis.stop()
+    took = _poll(lambda: client.get("/api/health/ready").status_code == 503, FAILURE_DEADLINE)
+    assert took < FAILURE_DEADLINE
+    assert client.get("/api/health/ready").get_json()["checks"]["redis"] == "unhealthy"
+    assert client.get("/api/health/live").status_code == 200
+
+    own_redis.start()
+    _poll(lambda: client.get("/api/health/ready").status_code == 200, 10)
+
+
+def test_stripe_outage_degrades_health_but_not_readiness(make_app: Callable[..., Any]) -> None:
+    with LocalStripeServer() as stripe_server:
+        client = make_app({"STRIPE_API_BASE": stripe_server.url,
+                           "STRIPE_HEALTH_CACHE_SECONDS": "1"}).test_client()
+        _poll(lambda: client.get("/api/health").get_json()["checks"]["stripe"] == "healthy", 10)
+
+        stripe_server.stop()
+        _poll(lambda: client.get("/api/health").get_json()["checks"]["stripe"] == "unhealthy", 10)
+
+        response = client.get("/api/health")
+        assert response.status_code == 200
+        assert response.get_json()["status"] == "degraded"
+        assert client.get("/api/health/ready").status_code == 200
+
+
+def test_a_hung_stripe_never_slows_a_probe(make_app: Callable[..., Any], black_hole: int) -> None:
+    client = make_app({"STRIPE_API_BASE": f"http://{HOST}:{black_hole}",
+                       "STRIPE_HEALTH_CACHE_SECONDS": "1",
+                       "HEALTH_CHECK_TIMEOUT_SECONDS": "5"}).test_client()
+    for _ in range(5):
+        started = time.monotonic()
+        response = client.get("/api/health")
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 200
+        assert response.get_json()["checks"]["stripe"] in {"unknown", "unhealthy"}
+        time.sleep(0.3)
+
+
+def test_a_hung_database_is_bounded_by_the_health_timeout(make_app: Callable[..., Any],
+                                                          black_hole: int) -> None:
+    client = make_app({"DATABASE_URL": f"postgresql://nobody@{HOST}:{black_hole}/x",
+                       "DATABASE_CONNECT_TIMEOUT": "30",
+                       "HEALTH_CHECK_TIMEOUT_SECONDS": "1"}).test_client()
+    started = time.monotonic()
+    response = client.get("/api/health/ready")
+    assert response.status_code == 503
+    assert time.monotonic() - started < 2.0
+    assert response.get_json()["checks"]["database"] == "unhealthy"

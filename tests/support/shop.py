@@ -179,3 +179,49 @@ def authenticate_like_stripe_js(stripe_url: str, client_secret: str, success: bo
         timeout=10,
     )
     return response.status_code, response.json()
+
+
+class Shopper:
+    """A customer driving the card flow through the app's JSON endpoints, doing the
+    Stripe.js part against localstripe the way the fake Stripe.js does."""
+
+    def __init__(self, client: Any, stripe_url: str) -> None:
+        self.client = client
+        self.stripe_url = stripe_url
+        self.csrf = ""
+
+    def open(self, slug: str) -> Any:
+        page = self.client.get(f"/products/{slug}")
+        if page.status_code == 200:
+            self.csrf = csrf_from(page.get_data(as_text=True))
+        return page
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
+        headers = {"X-CSRFToken": self.csrf, "Accept": "application/json"}
+        headers.update(kwargs.pop("headers", {}))
+        return self.client.post(path, json=body if body is not None else {}, headers=headers,
+                                **kwargs)
+
+    def card_setup(self, slug: str, card: str) -> str:
+        """The id of a SetupIntent confirmed with ``card``."""
+        response = self.post(f"/checkout/{slug}/setup-intent")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        status, setup = confirm_setup_like_stripe_js(
+            self.stripe_url, response.get_json()["client_secret"], CARDS.get(card, card))
+        assert status == 200, setup
+        return str(setup["id"])
+
+    def buy(self, slug: str, card: str = "visa", email: str | None = "buyer@example.com",
+            authenticate: bool | None = True) -> Any:
+        """Returns the final JSON response of /pay (or /confirm after 3-D Secure)."""
+        if not self.csrf:
+            self.open(slug)
+        body: dict[str, Any] = {"setup_intent_id": self.card_setup(slug, card)}
+        if email is not None:
+            body["email"] = email
+        response = self.post(f"/checkout/{slug}/pay", body)
+        data = response.get_json() or {}
+        if data.get("status") == "requires_action" and authenticate is not None:
+            authenticate_like_stripe_js(self.stripe_url, data["client_secret"], authenticate)
+            response = self.post(data["confirm_url"])
+        return response

@@ -73,6 +73,9 @@ keepalive = 75
 # Heartbeat files on tmpfs: a slow container disk must not get workers killed.
 worker_tmp_dir = "/dev/shm" if _os.path.isdir("/dev/shm") else None
 proc_name = "paydrop"
+# gunicorn 27's control socket (in $HOME) is not used: signals and the
+# orchestrator manage the process, and two masters must not share one socket.
+control_socket_disable = True
 accesslog = None
 logconfig_dict = {
     "version": 1,

@@ -47,8 +47,9 @@ _CARD_NUMBER = re.compile(
     r"(?<!\d)(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{5})(?!\d)"
 )
 _STRIPE_KEY = re.compile(r"\b(?:sk|rk|whsec)_[A-Za-z0-9_]{8,}")
-# The token and anything after it (a query string can carry a token too).
-_DOWNLOAD_TOKEN = re.compile(r"(/downloads/)[^\s\"']+")
+# The token and anything after it (a query string can carry a token too), but
+# not a route template such as /downloads/<token>.
+_DOWNLOAD_TOKEN = re.compile(r"(/downloads/)(?!<\w+>)[^\s\"']+")
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -162,8 +163,6 @@ def configure_logging(level: str) -> None:
     """Route every logger through one redacting JSON handler on stdout (idempotent)."""
     root = logging.getLogger()
     if not any(h.get_name() == "paydrop-json" for h in root.handlers):
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
         root.addHandler(json_handler())
     root.setLevel(level)
     # Werkzeug's development-server access log would duplicate ours; stripe-python

@@ -201,3 +201,14 @@ def test_a_hung_database_is_bounded_by_the_health_timeout(make_app: Callable[...
     assert response.status_code == 503
     assert time.monotonic() - started < 2.0
     assert response.get_json()["checks"]["database"] == "unhealthy"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_every_response_carries_x_release_when_enabled(make_app: Callable[..., Any],
+                                                       enabled: bool) -> None:
+    client = make_app({"APP_EXPOSE_RELEASE_HEADER": str(enabled).lower(),
+                       "APP_VERSION": "2.7.1"}).test_client()
+    for path in ("/api/health/live", "/no/such/page", "/metrics"):
+        response = client.get(path)
+        assert response.headers.get("X-Release") == ("2.7.1" if enabled else None), path
+    assert client.get("/api/health").get_json()["version"] == "2.7.1"

@@ -1,0 +1,78 @@
+"""/metrics in one process: who may read it and what a request adds.
+
+The multi-worker case (real gunicorn, prometheus_client multiprocess mode) is
+in test_gunicorn.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from paydrop import metrics
+
+
+def _get(client: Any, path: str, remote_addr: str) -> Any:
+    return client.get(path, environ_base={"REMOTE_ADDR": remote_addr})
+
+
+@pytest.mark.parametrize(("remote_addr", "allowed"), [
+    ("127.0.0.1", True),
+    ("::1", True),
+    ("::ffff:127.0.0.1", True),
+    ("10.0.0.5", False),
+    ("203.0.113.9", False),
+    ("not-an-address", False),
+])
+def test_metrics_only_for_allowed_networks(make_app: Callable[..., Any], remote_addr: str,
+                                           allowed: bool) -> None:
+    response = _get(make_app().test_client(), "/metrics", remote_addr)
+    assert response.status_code == (200 if allowed else 404)
+    if allowed:
+        assert response.mimetype == "text/plain"
+        assert b"# TYPE paydrop_http_requests_total counter" in response.data
+
+
+def test_the_allowed_networks_come_from_settings(make_app: Callable[..., Any]) -> None:
+    client = make_app({"METRICS_ALLOWED_NETWORKS": "10.20.0.0/16"}).test_client()
+    assert _get(client, "/metrics", "10.20.3.4").status_code == 200
+    assert _get(client, "/metrics", "127.0.0.1").status_code == 404
+
+
+def test_a_forwarded_header_does_not_open_metrics(make_app: Callable[..., Any]) -> None:
+    response = make_app().test_client().get(
+        "/metrics", environ_base={"REMOTE_ADDR": "198.51.100.7"},
+        headers={"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1"})
+    assert response.status_code == 404
+
+
+def test_requests_are_counted_by_endpoint_method_and_status(make_app: Callable[..., Any]) -> None:
+    client = make_app().test_client()
+
+    def count(endpoint: str, status: str) -> float:
+        labels = {"endpoint": endpoint, "method": "GET", "status": status}
+        return REGISTRY.get_sample_value("paydrop_http_requests_total", labels) or 0.0
+
+    def observations(endpoint: str) -> float:
+        return REGISTRY.get_sample_value("paydrop_http_request_duration_seconds_count",
+                                         {"endpoint": endpoint}) or 0.0
+
+    live, missing, latency = count("health.live", "200"), count("unmatched", "404"), \
+        observations("health.live")
+    for _ in range(3):
+        client.get("/api/health/live")
+    client.get("/no/such/page")
+
+    assert count("health.live", "200") == live + 3
+    assert count("unmatched", "404") == missing + 1
+    assert observations("health.live") == latency + 3
+
+
+def test_the_shop_metrics_are_exported_under_stable_names() -> None:
+    names = {metric.name for metric in REGISTRY.collect()}
+    for counter in (metrics.REQUESTS, metrics.WEBHOOK_EVENTS, metrics.ORDER_TRANSITIONS,
+                    metrics.PAYMENT_FAILURES, metrics.DOWNLOAD_BYTES, metrics.DEPENDENCY_ERRORS):
+        assert counter._name in names  # noqa: SLF001 - the exported family name
+    assert "paydrop_http_request_duration_seconds" in names

@@ -330,3 +330,28 @@ class LocalStripeServer(_Server):
         import requests
 
         requests.delete(f"{self.url}/_config/data", timeout=10).raise_for_status()
+
+
+class MotoS3Server(_Server):
+    """moto's S3 (in memory: a restart starts empty). It does not check
+    presigned-URL signatures or expiry; the app's own tests cover those."""
+
+    name = "moto"
+    region = "us-east-1"
+    access_key = "testing"
+    secret_key = "testing"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def _command(self) -> list[str]:
+        moto_server = Path(sys.executable).with_name("moto_server")
+        return [str(moto_server), "-H", HOST, "-p", str(self.port)]
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.url, region_name=self.region,
+                     aws_access_key_id=self.access_key,
+                     aws_secret_access_key=self.secret_key).create_bucket(Bucket=name)

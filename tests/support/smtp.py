@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import email
+import email.policy
 import socketserver
 import threading
 import time
-from email.message import Message
+from email.message import EmailMessage as Message
 
 from .servers import HOST
 
@@ -28,7 +29,7 @@ class _Handler(socketserver.StreamRequestHandler):
             if data_mode:
                 if raw.rstrip(b"\r\n") == b".":
                     data_mode = False
-                    message = email.message_from_bytes(b"".join(lines))
+                    message = email.message_from_bytes(b"".join(lines), policy=email.policy.default)
                     self.server.sink.add(message)
                     lines = []
                     self._send("250 queued")

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 import click
 import stripe
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from ..db import get_db
 from . import catalog, fulfilment, grants, orders, products
@@ -174,6 +174,7 @@ def orders_refund(order_id: str) -> None:
 
 
 @click.command("seed-demo")
+@with_appcontext
 @click.option("--assets", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help=f"directory with the sample files [default: {DEFAULT_ASSETS}]")
 def seed_demo(assets: Path | None) -> None:

@@ -1,0 +1,96 @@
+"""CHECKOUT_MODE=checkout_session: the app creates a Stripe Checkout Session at the
+database price and redirects; the success page reconciles. localstripe has no
+Checkout, so a small fake answers the two Checkout calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.fake_checkout import FakeCheckoutStripe
+from tests.support.live import LiveServer
+from tests.support.shop import add_product, csrf_from, get_order, query
+
+
+@pytest.fixture
+def hosted(make_app, tmp_path):
+    fake = FakeCheckoutStripe()
+    server = LiveServer(fake).start()
+    app = make_app({"CHECKOUT_MODE": "checkout_session", "STRIPE_API_BASE": server.url,
+                    "PUBLIC_URL": "https://shop.example"})
+    add_product(app, tmp_path, slug="icon-set", title="Icon Set", price=900, currency="usd")
+    yield app, fake
+    server.stop()
+
+
+def _start(client, email="buyer@example.com"):
+    page = client.get("/products/icon-set")
+    html = page.get_data(as_text=True)
+    assert "Pay 9.00 USD with Stripe" in html
+    assert "checkout.js" not in html
+    return client.post("/checkout/icon-set/session",
+                       data={"csrf_token": csrf_from(html), "email": email})
+
+
+def test_checkout_session_is_created_at_the_database_price(hosted):
+    app, fake = hosted
+    client = app.test_client()
+    response = _start(client)
+
+    assert response.status_code == 303
+    [order] = query(app, "SELECT id::text, status, stripe_checkout_session_id FROM orders")
+    session = fake.sessions[order["stripe_checkout_session_id"]]
+    assert response.headers["Location"] == session["url"]
+    assert order["status"] == "pending"
+    [create] = [r for r in fake.requests if r["method"] == "POST"]
+    form = create["form"]
+    assert form["line_items[0][price_data][unit_amount]"] == "900"
+    assert form["line_items[0][price_data][currency]"] == "usd"
+    assert form["metadata[order_id]"] == order["id"]
+    assert form["payment_intent_data[metadata][order_id]"] == order["id"]
+    assert form["success_url"] == (f"https://shop.example/checkout/orders/{order['id']}"
+                                   "?session_id={CHECKOUT_SESSION_ID}")
+    assert form["cancel_url"] == "https://shop.example/products/icon-set?canceled=1"
+    assert create["headers"]["Idempotency-Key"] == f"paydrop-order-{order['id']}-checkout-session"
+    assert create["headers"]["Stripe-Version"] == "2026-10-28.endive"
+
+
+def test_success_page_reconciles_when_the_webhook_is_late(hosted):
+    app, fake = hosted
+    client = app.test_client()
+    _start(client)
+    [order] = query(app, "SELECT id::text, stripe_checkout_session_id FROM orders")
+
+    pending = client.get(f"/checkout/orders/{order['id']}")
+    assert "Waiting for the payment" in pending.get_data(as_text=True)
+    assert get_order(app, order["id"]).status == "pending"
+
+    fake.pay(order["stripe_checkout_session_id"], payment_intent="pi_hosted0001")
+    page = client.get(f"/checkout/orders/{order['id']}?session_id=whatever")
+    assert "Your order is paid" in page.get_data(as_text=True)
+    paid = get_order(app, order["id"])
+    assert (paid.status, paid.stripe_payment_intent_id) == ("paid", "pi_hosted0001")
+    # Reloading (or the webhook arriving now) changes nothing.
+    client.get(f"/checkout/orders/{order['id']}")
+    assert len(query(app, "SELECT id FROM download_grants")) == 1
+
+
+def test_card_form_endpoints_are_off_in_hosted_mode(hosted):
+    app, _fake = hosted
+    client = app.test_client()
+    assert client.post("/checkout/icon-set/setup-intent", json={}).status_code in (400, 404)
+    page = client.get("/products/icon-set").get_data(as_text=True)
+    response = client.post("/checkout/icon-set/setup-intent", json={},
+                           headers={"X-CSRFToken": csrf_from(page)})
+    assert response.status_code == 404
+
+
+def test_hosted_checkout_when_stripe_is_down_fails_the_order(make_app, tmp_path):
+    from tests.support.servers import free_port
+
+    app = make_app({"CHECKOUT_MODE": "checkout_session",
+                    "STRIPE_API_BASE": f"http://127.0.0.1:{free_port()}"})
+    add_product(app, tmp_path, slug="icon-set", price=900, currency="usd")
+    response = _start(app.test_client())
+    assert response.status_code == 502
+    assert "not answering" in response.get_data(as_text=True)
+    assert query(app, "SELECT status FROM orders") == [{"status": "failed"}]

@@ -155,14 +155,14 @@ def json_handler() -> logging.Handler:
     handler = StdoutHandler()
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter())
-    handler.set_name("paydrop-json")
     return handler
 
 
 def configure_logging(level: str) -> None:
     """Route every logger through one redacting JSON handler on stdout (idempotent)."""
     root = logging.getLogger()
-    if not any(h.get_name() == "paydrop-json" for h in root.handlers):
+    # gunicorn.conf.py may have installed it already (dictConfig renames handlers).
+    if not any(isinstance(h, StdoutHandler) for h in root.handlers):
         root.addHandler(json_handler())
     root.setLevel(level)
     # Werkzeug's development-server access log would duplicate ours; stripe-python

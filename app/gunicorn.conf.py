@@ -71,7 +71,7 @@ timeout = 30
 graceful_timeout = 30
 keepalive = 75
 # Heartbeat files on tmpfs: a slow container disk must not get workers killed.
-worker_tmp_dir = "/dev/shm" if _os.path.isdir("/dev/shm") else None
+worker_tmp_dir = "/dev/shm" if _os.path.isdir("/dev/shm") else None  # noqa: S108
 proc_name = "paydrop"
 # gunicorn 27's control socket (in $HOME) is not used: signals and the
 # orchestrator manage the process, and two masters must not share one socket.
@@ -90,7 +90,7 @@ logconfig_dict = {
 }
 
 
-def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
+def on_starting(server):
     from paydrop import settings
 
     try:
@@ -105,12 +105,12 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
         stale.unlink()
 
 
-def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server):  # noqa: ARG001 - gunicorn's hook signature
+def on_exit(server):
     if _OWN_METRICS_DIR:
         _shutil.rmtree(_os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -93,13 +93,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
+def _request(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
+    assert url.startswith(f"http://{HOST}:")
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - loopback http
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, response.read(), response.headers
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        return exc.code, exc.read(), exc.headers
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    status, body, _headers = _request(url, headers)
+    return status, body
 
 
 def _scrape(server: Gunicorn, labels: dict[str, str]) -> float:
@@ -184,12 +190,11 @@ def test_one_json_log_line_per_request_through_gunicorn(app_server: Gunicorn) ->
 
 
 def test_release_header_and_request_id_come_back(app_server: Gunicorn) -> None:
-    request = urllib.request.Request(f"{app_server.url}/api/health/ready",
-                                     headers={"X-Request-ID": "from-nginx-1"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
-        assert response.headers["X-Release"] == "9.9.9-test"
-        assert response.headers["X-Request-ID"] == "from-nginx-1"
+    status, _body, headers = _request(f"{app_server.url}/api/health/ready",
+                                      headers={"X-Request-ID": "from-nginx-1"})
+    assert status == 200
+    assert headers["X-Release"] == "9.9.9-test"
+    assert headers["X-Request-ID"] == "from-nginx-1"
 
 
 SLOW_APP = '''

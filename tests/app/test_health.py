@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg2
 import pytest
-
 from paydrop import migrate
+
 from tests.support.servers import HOST, LocalStripeServer, PostgresServer, RedisServer
 
 FAILURE_DEADLINE = 5.0  # seconds from a dependency stopping to readiness saying 503

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from paydrop.observability import REDACTOR
+
 from tests.support.shop import WEBHOOK_SECRET, event, signed
 
 CARD = "4242424242424242"
@@ -47,7 +47,8 @@ def test_each_request_logs_one_json_line_with_the_clients_request_id(
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["timestamp"])
 
 
-@pytest.mark.parametrize("supplied", ["", "has spaces", "x" * 200, "<script>", "id;rm -rf", "-leading-dash"])
+@pytest.mark.parametrize("supplied", ["", "has spaces", "x" * 200, "<script>", "id;rm -rf",
+                                      "-leading-dash"])
 def test_an_insane_request_id_is_replaced(logging_app: Any, supplied: str) -> None:
     response = logging_app.test_client().get("/api/health/live",
                                              headers={"X-Request-ID": supplied})

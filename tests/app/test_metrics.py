@@ -9,9 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
-
 from paydrop import metrics
+from prometheus_client import REGISTRY
 
 
 def _get(client: Any, path: str, remote_addr: str) -> Any:

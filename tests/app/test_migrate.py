@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-
 from paydrop import migrate
+
 from tests.support.servers import PostgresServer
 
 PAYDROP = str(Path(sys.executable).with_name("paydrop"))

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from paydrop import settings
+
 from tests.support.servers import free_port
 
 BIN = Path(sys.executable).parent

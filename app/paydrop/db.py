@@ -18,6 +18,8 @@ import psycopg2.extras
 import psycopg2.pool
 from flask import Flask, current_app
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 _EXTENSION = "paydrop.db"
@@ -52,12 +54,17 @@ class Database:
     def connection(self, name: str = "primary") -> Iterator[Any]:
         """A pooled connection; broken connections are discarded, not reused."""
         pool = self._pool(name)
-        conn = pool.getconn()
+        try:
+            conn = pool.getconn()
+        except psycopg2.Error:
+            metrics.DEPENDENCY_ERRORS.labels("database").inc()
+            raise
         broken = False
         try:
             yield conn
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             broken = True
+            metrics.DEPENDENCY_ERRORS.labels("database").inc()
             raise
         finally:
             if not broken and not conn.closed:

@@ -75,3 +75,17 @@ def test_the_shop_metrics_are_exported_under_stable_names() -> None:
                     metrics.PAYMENT_FAILURES, metrics.DOWNLOAD_BYTES, metrics.DEPENDENCY_ERRORS):
         assert counter._name in names  # noqa: SLF001 - the exported family name
     assert "paydrop_http_request_duration_seconds" in names
+
+
+def test_database_and_redis_errors_are_counted(make_app: Callable[..., Any]) -> None:
+    client = make_app({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+                       "REDIS_URL": "redis://127.0.0.1:1/0"}).test_client()
+
+    def errors(dependency: str) -> float:
+        return REGISTRY.get_sample_value("paydrop_dependency_errors_total",
+                                         {"dependency": dependency}) or 0.0
+
+    database, redis = errors("database"), errors("redis")
+    assert client.get("/api/health/ready").status_code == 503
+    assert errors("database") == database + 1
+    assert errors("redis") == redis + 1

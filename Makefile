@@ -8,11 +8,13 @@ JUNIT     := build/junit
 STEP      := $(BIN)/python scripts/junit_step.py $(JUNIT)
 # Molecule scenarios `make test` runs, in order.
 SCENARIOS ?= default
+# Release id of the app image: the package version plus the commit.
+VERSION   ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help venv system-deps lint test test-unit test-molecule hosts wheels collection demo bench clean
+.PHONY: help venv system-deps lint test test-unit test-molecule hosts wheels image collection demo bench clean
 
 help:
 	@echo "make demo           install what is needed, start the sandbox, deploy the stack, print the shop's URL"
@@ -22,6 +24,8 @@ help:
 	@echo "make test-molecule  Molecule scenarios: $(SCENARIOS)"
 	@echo "make hosts          build the offline Docker test-host images (reused when present)"
 	@echo "make collection     build the paydrop.stack collection tarball"
+	@echo "make wheels         build the offline wheelhouse for the app image from app/requirements.lock"
+	@echo "make image          build the app image paydrop:$(VERSION) (no registry, no pip network)"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -59,6 +63,14 @@ test: venv
 	-@$(STEP) test-hosts -- scripts/testhosts build
 	-@for s in $(SCENARIOS); do $(STEP) molecule-$$s -- scripts/run-molecule.sh $$s; done
 	@$(BIN)/python scripts/test_summary.py $(JUNIT)
+
+wheels: venv
+	scripts/build-wheels.sh
+
+image: wheels
+	scripts/testhosts ensure-engine
+	docker build -f app/Dockerfile --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$$(git rev-parse HEAD) -t paydrop:$(VERSION) .
 
 collection: venv
 	@mkdir -p build

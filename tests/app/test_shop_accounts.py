@@ -55,7 +55,8 @@ def test_registration_errors(app, client):
     register(client)
     for kwargs, message in (({"email": "nope"}, "valid e-mail"),
                             ({"email": "b@example.com", "password": "short"}, "at least 10"),
-                            ({"email": "b@example.com", "confirm": "different pass"}, "do not match"),
+                            ({"email": "b@example.com", "confirm": "different pass"},
+                             "do not match"),
                             ({"email": "reader@example.com"}, "exists")):
         client.delete_cookie("paydrop_session")
         response = register(client, **kwargs)
@@ -129,7 +130,8 @@ def test_login_is_throttled_per_account(make_app):
     app = make_app(LOGIN_RATE_LIMIT="3/300")
     attacker = app.test_client()
     for _ in range(3):
-        assert login(attacker, email="victim@example.com", password="guess guess guess").status_code == 401
+        response = login(attacker, email="victim@example.com", password="guess guess guess")
+        assert response.status_code == 401
     response = login(attacker, email="victim@example.com")
     assert response.status_code == 429
     assert int(response.headers["Retry-After"]) > 0

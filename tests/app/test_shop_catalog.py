@@ -63,7 +63,8 @@ def test_catalog_and_product_pages(app, client, tmp_path, stripe_server):
 
     page = client.get("/products/field-guide").get_data(as_text=True)
     parsed = _check_page(page)
-    assert [s.get("src") for s in parsed.scripts] == [stripe_server.js_url, "/static/js/checkout.js"]
+    scripts = [s.get("src") for s in parsed.scripts]
+    assert scripts == [stripe_server.js_url, "/static/js/checkout.js"]
     assert 'id="card-element"' in page and "Pay 12.50 EUR" in page
     assert "data-publishable-key=\"pk_test_paydrop\"" in page
     assert client.get("/static/css/shop.css").status_code == 200

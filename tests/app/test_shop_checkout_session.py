@@ -51,7 +51,7 @@ def test_checkout_session_is_created_at_the_database_price(hosted):
                                    "?session_id={CHECKOUT_SESSION_ID}")
     assert form["cancel_url"] == "https://shop.example/products/icon-set?canceled=1"
     assert create["headers"]["Idempotency-Key"] == f"paydrop-order-{order['id']}-checkout-session"
-    assert create["headers"]["Stripe-Version"] == "2026-10-28.endive"
+    assert create["headers"]["Stripe-Version"] == "2025-03-31.basil"
 
 
 def test_success_page_reconciles_when_the_webhook_is_late(hosted):

@@ -51,7 +51,6 @@ def test_success_page_fulfils_when_the_webhook_is_late(app, tmp_path):
 
 def test_page_and_webhooks_racing_fulfil_once(live_app, tmp_path):
     import requests
-
     from paydrop.shop import fulfilment
 
     app, server = live_app

@@ -48,7 +48,8 @@ def test_card_purchase_pays_once_and_the_file_downloads(live_app, stripe_server,
     # localstripe signs and sends payment_intent.succeeded about a second later;
     # it is recorded and changes nothing.
     _wait(lambda: query(app, "SELECT 1 FROM stripe_events WHERE type = "
-                             "'payment_intent.succeeded' AND processed_at IS NOT NULL"))
+                             "'payment_intent.succeeded' AND payment_intent_id = %s "
+                             "AND processed_at IS NOT NULL", (order.stripe_payment_intent_id,)))
     assert len(query(app, "SELECT id FROM download_grants WHERE order_id = %s", (order_id,))) == 1
 
     messages = []

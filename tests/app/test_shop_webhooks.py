@@ -136,7 +136,9 @@ def test_ten_concurrent_deliveries_fulfil_once(live_app, product, redis_client):
     assert statuses == [200] * 10
     assert get_order(app, order.id).status == "paid"
     assert len(query(app, "SELECT id FROM download_grants WHERE order_id = %s", (order.id,))) == 1
-    assert query(app, "SELECT id FROM stripe_events") == [{"id": "evt_concurrent"}]
+    # (localstripe may also deliver a late event from an earlier test here.)
+    assert query(app, "SELECT id FROM stripe_events WHERE id = 'evt_concurrent'") == [
+        {"id": "evt_concurrent"}]
     paid_messages = []
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
@@ -175,7 +177,8 @@ def test_refund_after_fulfilment_revokes_downloads(app, client, order):
     assert response.status_code == 200
     refunded = get_order(app, order.id)
     assert (refunded.status, refunded.amount_refunded) == ("refunded", 900)
-    assert all(g["revoked_at"] is not None for g in query(app, "SELECT revoked_at FROM download_grants"))
+    grants = query(app, "SELECT revoked_at FROM download_grants")
+    assert grants and all(g["revoked_at"] is not None for g in grants)
     # A late success never brings it back.
     _post(client, event("payment_intent.succeeded", payment_intent(order)))
     assert get_order(app, order.id).status == "refunded"

@@ -74,8 +74,9 @@ CREATE INDEX download_grants_order_id_idx ON download_grants (order_id);
 
 -- Each Stripe event id is recorded once, in the same transaction as the state
 -- change it causes: a duplicate delivery finds its row and changes nothing.
--- An event about a payment no order knows yet is "parked" (processed_at NULL,
--- payload kept) and replayed when an order learns that payment intent.
+-- payment_intent_id says which payment an event was about. An event about a
+-- payment no order knows yet is "parked" (processed_at NULL, payload kept) and
+-- replayed when an order learns that payment intent.
 CREATE TABLE stripe_events (
     id                text PRIMARY KEY,
     type              text NOT NULL,

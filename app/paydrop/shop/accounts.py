@@ -110,7 +110,8 @@ def _verification_link(user: users.User) -> str:
     token = URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=VERIFY_SALT).dumps(
         {"user": user.id, "email": user.email}
     )
-    return f"{current_app.config['PUBLIC_URL'].rstrip('/')}{url_for('accounts.verify', token=token)}"
+    base = current_app.config["PUBLIC_URL"].rstrip("/")
+    return f"{base}{url_for('accounts.verify', token=token)}"
 
 
 def _send_verification(user: users.User) -> None:

@@ -37,6 +37,7 @@ from flask import (
     session,
     url_for,
 )
+from werkzeug.wrappers import Response as BaseResponse
 
 from .. import metrics
 from ..db import get_db
@@ -207,7 +208,7 @@ def pay(slug: str) -> tuple[Response, int]:
         return jsonify(error="The payment service is not answering. Please try again."), 502
     payment_method = setup.get("payment_method")
     if isinstance(payment_method, dict):
-        payment_method = payment_method.get("id")
+        payment_method = payment_method["id"]
     if (setup.get("status") != "succeeded" or not payment_method
             or (setup.get("metadata") or {}).get("product") != product.slug):
         raise BadInput("The card details were not confirmed; enter them again.")
@@ -221,7 +222,8 @@ def pay(slug: str) -> tuple[Response, int]:
             payment_method=payment_method, product_slug=product.slug,
         )
     except stripe.CardError as exc:
-        _link(order, ((exc.json_body or {}).get("error") or {}).get("payment_intent"))
+        body: dict[str, Any] = exc.json_body if isinstance(exc.json_body, dict) else {}
+        _link(order, (body.get("error") or {}).get("payment_intent"))
         return _payment_failed(order, exc.user_message or "Your card was declined.",
                                getattr(exc, "decline_code", None) or exc.code or "card_error")
     except stripe.StripeError as exc:
@@ -266,7 +268,7 @@ def confirm(order_id: str) -> tuple[Response, int]:
 
 
 @bp.post("/<slug>/session")
-def checkout_session(slug: str) -> Response | tuple[Response | str, int]:
+def checkout_session(slug: str) -> BaseResponse | tuple[Response | str, int]:
     _require_mode("checkout_session")
     fields = _form_fields({"email"})
     product = _product_for_sale(slug)

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, abort, current_app, redirect, request, url_for
 from werkzeug.exceptions import Forbidden, Gone, NotFound
+from werkzeug.wrappers import Response as BaseResponse
 
 from .. import metrics
 from ..db import get_db
@@ -56,7 +57,7 @@ REFUSALS = {
 
 
 @bp.get("/downloads/<token>")
-def download(token: str) -> Response:
+def download(token: str) -> BaseResponse:
     grant_id = grants.grant_id_from_token(current_app.config["SECRET_KEY"], token)
     if grant_id is None:
         abort(404, "This download link is not valid.")

@@ -24,6 +24,7 @@ from datetime import UTC
 from typing import Any
 
 from flask import current_app
+from psycopg2 import sql
 
 from .. import metrics
 from ..db import get_db
@@ -40,9 +41,11 @@ class Change:
 
 def _transition(cur: Any, order_id: str, sets: str, allowed: tuple[str, ...],
                 params: tuple[Any, ...] = ()) -> bool:
+    """UPDATE guarded by the allowed source states; True when the row changed.
+    ``sets`` is always a constant from this module."""
     cur.execute(
-        f"""UPDATE orders SET {sets}, updated_at = now()
-            WHERE id = %s AND status = ANY(%s) RETURNING id""",
+        sql.SQL("""UPDATE orders SET {}, updated_at = now()
+            WHERE id = %s AND status = ANY(%s) RETURNING id""").format(sql.SQL(sets)),
         (*params, order_id, list(allowed)),
     )
     return cur.fetchone() is not None

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeSerializer
+from psycopg2 import sql
 
 from . import orders
 
@@ -42,7 +43,8 @@ class Asset:
     size: int
 
 
-_COLUMNS = "id::text AS id, order_id::text AS order_id, expires_at, max_downloads, download_count, revoked_at"
+_COLUMNS = sql.SQL("""id::text AS id, order_id::text AS order_id, expires_at, max_downloads,
+    download_count, revoked_at""")
 
 
 def make_token(secret_key: str, grant_id: str) -> str:
@@ -60,8 +62,8 @@ def grant_id_from_token(secret_key: str, token: str) -> str | None:
 
 def create(cur: Any, order_id: str, ttl_seconds: int, max_downloads: int) -> Grant:
     cur.execute(
-        f"""INSERT INTO download_grants (order_id, expires_at, max_downloads)
-            VALUES (%s, now() + make_interval(secs => %s), %s) RETURNING {_COLUMNS}""",
+        sql.SQL("""INSERT INTO download_grants (order_id, expires_at, max_downloads)
+            VALUES (%s, now() + make_interval(secs => %s), %s) RETURNING {}""").format(_COLUMNS),
         (order_id, ttl_seconds, max_downloads),
     )
     return Grant(**cur.fetchone())
@@ -78,10 +80,10 @@ def revoke_for_order(cur: Any, order_id: str) -> int:
 def usable_for_order(cur: Any, order_id: str) -> Grant | None:
     """The newest grant that still works, if any."""
     cur.execute(
-        f"""SELECT {_COLUMNS} FROM download_grants
+        sql.SQL("""SELECT {} FROM download_grants
             WHERE order_id = %s AND revoked_at IS NULL AND expires_at > now()
               AND download_count < max_downloads
-            ORDER BY created_at DESC LIMIT 1""",
+            ORDER BY created_at DESC LIMIT 1""").format(_COLUMNS),
         (order_id,),
     )
     row = cur.fetchone()

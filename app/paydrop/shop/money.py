@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 # Currencies Stripe treats as having no minor unit (https://docs.stripe.com/currencies).
-ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
-)
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+ZERO_DECIMAL = frozenset({
+    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
+    "xaf", "xof", "xpf",
+})
+THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 
 
 def exponent(currency: str) -> int:

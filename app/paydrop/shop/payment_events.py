@@ -98,7 +98,10 @@ def _order_for_session(cur: Any, session: dict[str, Any]) -> str | None:
     return order_id or _metadata_order_id(session)
 
 
-def _payment_intent_id(obj: dict[str, Any]) -> str | None:
+def intent_id_of(obj: dict[str, Any]) -> str | None:
+    """The PaymentIntent an event's object is about (the object itself, or a reference)."""
+    if obj.get("object") == "payment_intent":
+        return str(obj["id"])
     intent = obj.get("payment_intent")
     if intent is None or isinstance(intent, str):
         return intent
@@ -111,11 +114,11 @@ def checkout_session_paid(cur: Any, session: dict[str, Any]) -> Outcome:
     order_id = _order_for_session(cur, session)
     if order_id is None:
         return Outcome()
-    changes = link_payment_intent(cur, order_id, _payment_intent_id(session))
+    changes = link_payment_intent(cur, order_id, intent_id_of(session))
     if session.get("payment_status") in ("paid", "no_payment_required"):
         changes.append(fulfilment.mark_paid(
             cur, order_id, amount=session["amount_total"], currency=session["currency"],
-            payment_intent_id=_payment_intent_id(session),
+            payment_intent_id=intent_id_of(session),
         ))
     return Outcome(changes)
 
@@ -124,7 +127,7 @@ def _checkout_session_failed(cur: Any, session: dict[str, Any]) -> Outcome:
     order_id = _order_for_session(cur, session)
     if order_id is None:
         return Outcome()
-    changes = link_payment_intent(cur, order_id, _payment_intent_id(session))
+    changes = link_payment_intent(cur, order_id, intent_id_of(session))
     changes.append(fulfilment.mark_failed(cur, order_id, "the payment did not go through"))
     return Outcome(changes)
 
@@ -146,7 +149,7 @@ def _order_for_payment(cur: Any, payment_intent_id: str | None) -> str | None:
 
 
 def _charge_refunded(cur: Any, charge: dict[str, Any]) -> Outcome:
-    intent_id = _payment_intent_id(charge)
+    intent_id = intent_id_of(charge)
     order_id = _order_for_payment(cur, intent_id)
     if order_id is None:
         return Outcome(parked=bool(intent_id))
@@ -156,7 +159,7 @@ def _charge_refunded(cur: Any, charge: dict[str, Any]) -> Outcome:
 
 
 def _dispute_created(cur: Any, dispute: dict[str, Any]) -> Outcome:
-    intent_id = _payment_intent_id(dispute)
+    intent_id = intent_id_of(dispute)
     order_id = _order_for_payment(cur, intent_id)
     if order_id is None:
         return Outcome(parked=bool(intent_id))
@@ -180,7 +183,7 @@ def apply(cur: Any, event_id: str, event_type: str, obj: dict[str, Any]) -> Outc
     """Run the handler; park the event or mark it processed."""
     outcome = HANDLERS[event_type](cur, obj)
     if outcome.parked:
-        stripe_events.park(cur, event_id, _payment_intent_id(obj) or "", obj)
+        stripe_events.park(cur, event_id, obj)
     else:
         stripe_events.mark_processed(cur, event_id)
     return outcome

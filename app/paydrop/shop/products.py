@@ -7,10 +7,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from psycopg2 import sql
+
 SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
-_COLUMNS = """id, slug, title, description, price_amount, currency, asset_key,
-    asset_filename, asset_content_type, asset_size, active"""
+# Composed with psycopg2.sql (not string formatting): every piece is a constant.
+_COLUMNS = sql.SQL("""id, slug, title, description, price_amount, currency, asset_key,
+    asset_filename, asset_content_type, asset_size, active""")
 
 
 @dataclass(frozen=True)
@@ -36,18 +39,18 @@ class Product:
 
 
 def list_active(cur: Any) -> list[Product]:
-    cur.execute(f"SELECT {_COLUMNS} FROM products WHERE active ORDER BY title, id")
+    cur.execute(sql.SQL("SELECT {} FROM products WHERE active ORDER BY title, id").format(_COLUMNS))
     return [Product.from_row(row) for row in cur.fetchall()]
 
 
 def list_all(cur: Any) -> list[Product]:
-    cur.execute(f"SELECT {_COLUMNS} FROM products ORDER BY slug")
+    cur.execute(sql.SQL("SELECT {} FROM products ORDER BY slug").format(_COLUMNS))
     return [Product.from_row(row) for row in cur.fetchall()]
 
 
 def get_by_slug(cur: Any, slug: str, *, active_only: bool = True) -> Product | None:
     cur.execute(
-        f"SELECT {_COLUMNS} FROM products WHERE slug = %s AND (active OR NOT %s)",
+        sql.SQL("SELECT {} FROM products WHERE slug = %s AND (active OR NOT %s)").format(_COLUMNS),
         (slug, active_only),
     )
     row = cur.fetchone()
@@ -55,7 +58,7 @@ def get_by_slug(cur: Any, slug: str, *, active_only: bool = True) -> Product | N
 
 
 def get(cur: Any, product_id: int) -> Product | None:
-    cur.execute(f"SELECT {_COLUMNS} FROM products WHERE id = %s", (product_id,))
+    cur.execute(sql.SQL("SELECT {} FROM products WHERE id = %s").format(_COLUMNS), (product_id,))
     row = cur.fetchone()
     return Product.from_row(row) if row else None
 
@@ -74,10 +77,10 @@ def create(
     asset_size: int,
 ) -> Product:
     cur.execute(
-        f"""INSERT INTO products (slug, title, description, price_amount, currency, asset_key,
-                asset_filename, asset_content_type, asset_size)
+        sql.SQL("""INSERT INTO products (slug, title, description, price_amount, currency,
+                asset_key, asset_filename, asset_content_type, asset_size)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-            RETURNING {_COLUMNS}""",
+            RETURNING {}""").format(_COLUMNS),
         (slug, title, description, price_amount, currency.lower(), asset_key, asset_filename,
          asset_content_type, asset_size),
     )
@@ -86,8 +89,8 @@ def create(
 
 def set_active(cur: Any, slug: str, active: bool) -> Product | None:
     cur.execute(
-        f"""UPDATE products SET active = %s, updated_at = now() WHERE slug = %s
-            RETURNING {_COLUMNS}""",
+        sql.SQL("""UPDATE products SET active = %s, updated_at = now() WHERE slug = %s
+            RETURNING {}""").format(_COLUMNS),
         (active, slug),
     )
     row = cur.fetchone()

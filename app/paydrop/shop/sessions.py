@@ -106,12 +106,11 @@ class RedisSessionInterface(SessionInterface):
                     response.delete_cookie(name, domain=domain, path=path)
                 return
             new = session.sid is None
-            if new:
-                session.sid = secrets.token_urlsafe(32)
+            sid = session.sid = session.sid or secrets.token_urlsafe(32)
             if new or session.modified:
-                store.set(_redis_key(session.sid), _serializer.dumps(dict(session)), ex=ttl)
+                store.set(_redis_key(sid), _serializer.dumps(dict(session)), ex=ttl)
             else:
-                store.expire(_redis_key(session.sid), ttl)
+                store.expire(_redis_key(sid), ttl)
         except redis.RedisError as exc:
             metrics.DEPENDENCY_ERRORS.labels(dependency="redis").inc()
             log.warning("could not save the session: %s", exc)
@@ -120,7 +119,7 @@ class RedisSessionInterface(SessionInterface):
             response.vary.add("Cookie")
         response.set_cookie(
             name,
-            session.sid,
+            sid,
             max_age=ttl,
             domain=domain,
             path=path,

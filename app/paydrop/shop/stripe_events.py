@@ -7,16 +7,16 @@ from typing import Any
 import psycopg2.extras
 
 
-def record(cur: Any, event_id: str, event_type: str) -> bool:
+def record(cur: Any, event_id: str, event_type: str, payment_intent_id: str | None) -> bool:
     """Claim the event; False when it was already recorded (a duplicate delivery).
 
     A concurrent delivery of the same id waits on the primary key until the
     first transaction ends, then sees the row and gets False.
     """
     cur.execute(
-        """INSERT INTO stripe_events (id, type) VALUES (%s, %s)
+        """INSERT INTO stripe_events (id, type, payment_intent_id) VALUES (%s, %s, %s)
            ON CONFLICT (id) DO NOTHING RETURNING id""",
-        (event_id, event_type),
+        (event_id, event_type, payment_intent_id),
     )
     return cur.fetchone() is not None
 
@@ -28,11 +28,11 @@ def mark_processed(cur: Any, event_id: str) -> None:
     )
 
 
-def park(cur: Any, event_id: str, payment_intent_id: str, obj: dict[str, Any]) -> None:
+def park(cur: Any, event_id: str, obj: dict[str, Any]) -> None:
     """Keep an event about a payment no order knows yet, to replay later."""
     cur.execute(
-        "UPDATE stripe_events SET payment_intent_id = %s, payload = %s WHERE id = %s",
-        (payment_intent_id, psycopg2.extras.Json(obj), event_id),
+        "UPDATE stripe_events SET payload = %s WHERE id = %s",
+        (psycopg2.extras.Json(obj), event_id),
     )
 
 
@@ -40,7 +40,7 @@ def parked_for(cur: Any, payment_intent_id: str) -> list[tuple[str, str, dict[st
     """(id, type, object) of parked events for the payment, oldest first, row-locked."""
     cur.execute(
         """SELECT id, type, payload FROM stripe_events
-           WHERE payment_intent_id = %s AND processed_at IS NULL
+           WHERE payment_intent_id = %s AND processed_at IS NULL AND payload IS NOT NULL
            ORDER BY received_at, id FOR UPDATE""",
         (payment_intent_id,),
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2.errors
+from psycopg2 import sql
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class User:
     email_verified: bool
 
 
-_COLUMNS = "id, email, password_hash, email_verified_at IS NOT NULL AS email_verified"
+_COLUMNS = sql.SQL("id, email, password_hash, email_verified_at IS NOT NULL AS email_verified")
 
 
 def _user(row: dict[str, Any] | None) -> User | None:
@@ -28,7 +29,8 @@ def create(cur: Any, email: str, password_hash: str) -> User | None:
     cur.execute("SAVEPOINT create_user")
     try:
         cur.execute(
-            f"INSERT INTO users (email, password_hash) VALUES (%s, %s) RETURNING {_COLUMNS}",
+            sql.SQL("INSERT INTO users (email, password_hash) VALUES (%s, %s) RETURNING {}").format(
+                _COLUMNS),
             (email.lower(), password_hash),
         )
     except psycopg2.errors.UniqueViolation:
@@ -38,12 +40,13 @@ def create(cur: Any, email: str, password_hash: str) -> User | None:
 
 
 def get_by_email(cur: Any, email: str) -> User | None:
-    cur.execute(f"SELECT {_COLUMNS} FROM users WHERE email = %s", (email.lower(),))
+    cur.execute(sql.SQL("SELECT {} FROM users WHERE email = %s").format(_COLUMNS),
+                (email.lower(),))
     return _user(cur.fetchone())
 
 
 def get(cur: Any, user_id: int) -> User | None:
-    cur.execute(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
+    cur.execute(sql.SQL("SELECT {} FROM users WHERE id = %s").format(_COLUMNS), (user_id,))
     return _user(cur.fetchone())
 
 

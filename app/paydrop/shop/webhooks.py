@@ -54,7 +54,8 @@ def stripe_webhook() -> tuple[Response, int]:
 
     try:
         with get_db().transaction() as cur:
-            if not stripe_events.record(cur, event_id, event_type):
+            if not stripe_events.record(cur, event_id, event_type,
+                                        payment_events.intent_id_of(obj)):
                 outcome = None
             else:
                 outcome = payment_events.apply(cur, event_id, event_type, obj)

@@ -163,7 +163,9 @@ def test_oversized_bodies_are_413(make_app, tmp_path, stripe_server):
 
 
 def test_wrong_methods_are_405(client):
-    assert client.get("/api/webhooks/stripe").status_code == 405
+    response = client.get("/api/webhooks/stripe")
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"]
     assert client.get("/checkout/field-guide/pay").status_code == 405
     assert client.post("/").status_code == 405
 

@@ -15,7 +15,7 @@ import logging
 from urllib.parse import quote
 
 from flask import Blueprint, Response, abort, current_app, redirect, request, url_for
-from werkzeug.exceptions import Forbidden, Gone, NotFound
+from werkzeug.exceptions import Forbidden, Gone, HTTPException, NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import metrics
@@ -47,12 +47,12 @@ def _content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
 
 
-REFUSALS = {
-    "revoked": Forbidden("This download is no longer available: the order was refunded "
-                         "or disputed."),
-    "expired": Gone("This download link has expired. Ask for a new one on 'My orders'."),
-    "exhausted": Gone("This download link has been used the maximum number of times. "
-                      "Ask for a new one on 'My orders'."),
+REFUSALS: dict[str, tuple[type[HTTPException], str]] = {
+    "revoked": (Forbidden, "This download is no longer available: the order was refunded "
+                           "or disputed."),
+    "expired": (Gone, "This download link has expired. Ask for a new one on 'My orders'."),
+    "exhausted": (Gone, "This download link has been used the maximum number of times. "
+                        "Ask for a new one on 'My orders'."),
 }
 
 
@@ -66,8 +66,9 @@ def download(token: str) -> BaseResponse:
     with get_db().transaction() as cur:
         asset = grants.consume(cur, grant_id)
         if asset is None:
-            reason = grants.refusal_reason(cur, grant_id)
-            raise REFUSALS.get(reason) or NotFound("This download link is not valid.")
+            error, message = REFUSALS.get(grants.refusal_reason(cur, grant_id),
+                                          (NotFound, "This download link is not valid."))
+            raise error(message)
         head = request.method == "HEAD"
         if head:
             # Link checkers and mail scanners do not use up downloads.

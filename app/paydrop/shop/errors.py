@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
-
-from .ratelimit import Throttled
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +41,16 @@ def error_response(code: int, message: str) -> tuple[Response | str, int]:
     return render_template("error.html", code=code, title=title, message=message), code
 
 
-def _http_error(exc: HTTPException) -> tuple[Response | str, int] | HTTPException:
+def _http_error(exc: HTTPException) -> Response | HTTPException:
     if exc.code is None or exc.code < 400:
         return exc
-    response, code = error_response(exc.code, exc.description or TITLES.get(exc.code, "Error"))
-    if isinstance(exc, Throttled):
-        response = Response(response) if isinstance(response, str) else response
-        response.headers["Retry-After"] = str(exc.retry_after)
-    if exc.code == 405 and (valid := exc.get_headers()):
-        response = Response(response) if isinstance(response, str) else response
-        for name, value in valid:
-            if name.lower() == "allow":
-                response.headers["Allow"] = value
-    return response, code
+    response = make_response(
+        error_response(exc.code, exc.description or TITLES.get(exc.code, "Error")))
+    # Keep what the exception says beyond its body: Allow (405), Retry-After (429).
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 def _csrf_error(exc: CSRFError) -> tuple[Response | str, int]:

@@ -46,10 +46,6 @@ class Limit:
 class Throttled(TooManyRequests):
     description = "Too many attempts. Please wait a few minutes and try again."
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__()
-        self.retry_after = retry_after
-
 
 def client_ip() -> str:
     # remote_addr is the client's address once ProxyFix has read nginx's
@@ -78,7 +74,7 @@ def hit(scope: str, *identities: tuple[str, str]) -> None:
         log.warning("rate limiter unavailable, letting %s through: %s", scope, exc)
         return
     if any(count > limit.attempts for count in counts):
-        raise Throttled(max(1, math.ceil((window + 1) * limit.seconds - now)))
+        raise Throttled(retry_after=max(1, math.ceil((window + 1) * limit.seconds - now)))
 
 
 def init_app(app: Flask) -> None:

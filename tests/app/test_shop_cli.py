@@ -41,6 +41,9 @@ def test_products_add_list_deactivate(app, cli, tmp_path):
     for price in ("0", "-1", "1.234", "abc"):
         assert cli("products", "add", "--slug", "x", "--title", "x", "--price", price,
                    "--file", str(asset)).exit_code != 0, price
+    bad_currency = cli("products", "add", "--slug", "x", "--title", "x", "--price", "1",
+                       "--currency", "euro", "--file", str(asset))
+    assert bad_currency.exit_code == 2 and "three-letter" in bad_currency.output
 
     result = cli("products", "list")
     assert "notes" in result.output and "active" in result.output

@@ -72,7 +72,7 @@ def active_product(slug: str) -> Product | None:
         return product.to_dict() if product else None
 
     # Only slugs that can exist reach the cache (no cache entries for junk URLs).
-    if not products.SLUG.match(slug):
+    if len(slug) > 80 or not products.SLUG.match(slug):
         return None
     row = _cached(f"product:{slug}", load)
     return Product(**row) if row else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mimetypes
+import re
 from pathlib import Path, PurePosixPath
 
 import click
@@ -65,6 +66,10 @@ def products_add(slug: str, title: str, description: str, price: str, currency: 
                  path: Path) -> None:
     """Add a product and upload its file."""
     currency = currency.lower()
+    if not re.fullmatch(r"[a-z]{3}", currency):
+        raise click.BadParameter("a three-letter ISO code such as eur", param_hint="--currency")
+    if not 1 <= len(title) <= 200:
+        raise click.BadParameter("1 to 200 characters", param_hint="--title")
     try:
         amount = parse_major(price, currency)
     except ValueError as exc:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import settings
 
@@ -26,6 +27,11 @@ def create_app(environ: Mapping[str, str] | None = None, **overrides: Any) -> Fl
 
     app = Flask(__name__)
     app.config.update(config)
+    if config["TRUSTED_PROXY_COUNT"]:
+        # Behind the load balancer the client's address and scheme come from
+        # the proxy's headers; rate limits per IP depend on it.
+        proxies = config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=0)  # type: ignore[method-assign]
 
     # Extensions first, then observability (so it wraps every blueprint),
     # then the features.

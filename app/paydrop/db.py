@@ -23,6 +23,8 @@ from . import metrics
 log = logging.getLogger(__name__)
 
 _EXTENSION = "paydrop.db"
+# How long a request waits for a pooled connection before giving up.
+POOL_WAIT_SECONDS = 10
 
 
 class Database:
@@ -32,6 +34,9 @@ class Database:
         self._connect_timeout = connect_timeout
         self._pools: dict[str, psycopg2.pool.ThreadedConnectionPool] = {}
         self._lock = threading.Lock()
+        # psycopg2's pool raises when exhausted; a semaphore per pool makes a
+        # busy thread wait (bounded) for a free connection instead.
+        self._slots = {name: threading.BoundedSemaphore(pool_size) for name in self._urls}
 
     def _pool(self, name: str) -> psycopg2.pool.ThreadedConnectionPool:
         pool = self._pools.get(name)
@@ -53,26 +58,35 @@ class Database:
     @contextmanager
     def connection(self, name: str = "primary") -> Iterator[Any]:
         """A pooled connection; broken connections are discarded, not reused."""
-        pool = self._pool(name)
-        try:
-            conn = pool.getconn()
-        except psycopg2.Error:
+        slots = self._slots[name]
+        if not slots.acquire(timeout=POOL_WAIT_SECONDS):
             metrics.DEPENDENCY_ERRORS.labels("database").inc()
-            raise
-        broken = False
+            raise psycopg2.pool.PoolError(
+                f"no free {name} database connection after {POOL_WAIT_SECONDS}s"
+            )
         try:
-            yield conn
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            broken = True
-            metrics.DEPENDENCY_ERRORS.labels("database").inc()
-            raise
+            pool = self._pool(name)
+            try:
+                conn = pool.getconn()
+            except psycopg2.Error:
+                metrics.DEPENDENCY_ERRORS.labels("database").inc()
+                raise
+            broken = False
+            try:
+                yield conn
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                broken = True
+                metrics.DEPENDENCY_ERRORS.labels("database").inc()
+                raise
+            finally:
+                if not broken and not conn.closed:
+                    try:
+                        conn.rollback()
+                    except psycopg2.Error:
+                        broken = True
+                pool.putconn(conn, close=broken or bool(conn.closed))
         finally:
-            if not broken and not conn.closed:
-                try:
-                    conn.rollback()
-                except psycopg2.Error:
-                    broken = True
-            pool.putconn(conn, close=broken or bool(conn.closed))
+            slots.release()
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

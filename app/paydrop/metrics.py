@@ -90,8 +90,11 @@ def client_allowed(address: str | None) -> bool:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    # remote_addr is the TCP peer: nginx never proxies /metrics, so Prometheus
-    # scrapes the slot port directly and a forged X-Forwarded-For changes nothing.
-    if not client_allowed(request.remote_addr):
+    # Judge the TCP peer, not the address ProxyFix derived from X-Forwarded-For:
+    # nginx never proxies /metrics, Prometheus scrapes the slot port directly,
+    # and a forged X-Forwarded-For must change nothing.
+    original = request.environ.get("werkzeug.proxy_fix.orig", {})
+    peer = original.get("REMOTE_ADDR", request.remote_addr)
+    if not client_allowed(peer):
         abort(404)
     return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)

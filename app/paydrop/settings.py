@@ -154,6 +154,9 @@ SETTINGS: tuple[Setting, ...] = (
             help="client networks allowed to read /metrics"),
     Setting("STRIPE_HEALTH_CACHE_SECONDS", _positive_int, "60"),
     Setting("HEALTH_CHECK_TIMEOUT_SECONDS", _positive_int, "2"),
+    Setting("TRUSTED_PROXY_COUNT", _int, "0",
+            help="reverse proxies in front of the app whose X-Forwarded-For/-Proto to trust"
+                 " (1 behind the nginx load balancer; 0 when clients connect directly)"),
     Setting("LOGIN_RATE_LIMIT", default="10/300",
             help="attempts/seconds allowed per IP and per account for login and registration"),
     Setting("CHECKOUT_RATE_LIMIT", default="30/300",

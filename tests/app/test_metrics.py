@@ -89,3 +89,32 @@ def test_database_and_redis_errors_are_counted(make_app: Callable[..., Any]) -> 
     assert client.get("/api/health/ready").status_code == 503
     assert errors("database") == database + 1
     assert errors("redis") == redis + 1
+
+
+def test_behind_the_load_balancer_metrics_still_judge_the_tcp_peer(
+        make_app: Callable[..., Any]) -> None:
+    """With ProxyFix on, remote_addr becomes the forwarded client, but /metrics
+    looks at the real peer: nginx (a public client behind it) is refused, a
+    direct scrape from an allowed network passes even with a forged header."""
+    client = make_app({"TRUSTED_PROXY_COUNT": "1"}).test_client()
+    via_nginx = client.get("/metrics", environ_base={"REMOTE_ADDR": "10.9.9.9"},
+                           headers={"X-Forwarded-For": "127.0.0.1"})
+    assert via_nginx.status_code == 404
+    direct = client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"},
+                        headers={"X-Forwarded-For": "203.0.113.9"})
+    assert direct.status_code == 200
+
+
+def test_trusted_proxy_gives_the_app_the_client_address(make_app: Callable[..., Any]) -> None:
+    flask_app = make_app({"TRUSTED_PROXY_COUNT": "1"})
+    seen: list[str | None] = []
+
+    @flask_app.get("/_test/whoami")
+    def whoami() -> str:
+        from flask import request
+        seen.append(request.remote_addr)
+        return "ok"
+
+    flask_app.test_client().get("/_test/whoami", environ_base={"REMOTE_ADDR": "10.9.9.9"},
+                                headers={"X-Forwarded-For": "198.51.100.4"})
+    assert seen == ["198.51.100.4"]

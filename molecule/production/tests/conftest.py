@@ -1,0 +1,59 @@
+"""Fixtures for the production scenario: the test hosts by name, over `docker exec`.
+
+Commands go straight to the containers (testinfra's docker backend) rather than
+through Ansible, so the many small SQL checks stay fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+
+import pytest
+import testinfra
+
+# TEST-ONLY credentials, the same as molecule/production/group_vars/all/test-only.yml.
+APP_PASSWORD = "test-only-app-password"
+MONITORING_PASSWORD = "test-only-monitoring-password"
+REDIS_APP_PASSWORD = "test-only-redis-app-password"
+REDIS_MONITORING_PASSWORD = "test-only-redis-monitoring-password"
+CA_ON_CLIENT = "/tmp/paydrop-postgres-ca.crt"
+
+
+def _host(name: str) -> testinfra.host.Host:
+    return testinfra.get_host(f"docker://{name}")
+
+
+@pytest.fixture(scope="session")
+def db1() -> testinfra.host.Host:
+    return _host("db1")
+
+
+@pytest.fixture(scope="session")
+def db2() -> testinfra.host.Host:
+    return _host("db2")
+
+
+@pytest.fixture(scope="session")
+def redis1() -> testinfra.host.Host:
+    return _host("redis1")
+
+
+@pytest.fixture(scope="session")
+def app1(db1: testinfra.host.Host) -> testinfra.host.Host:
+    """The client host, holding the CA certificate the data hosts publish."""
+    host = _host("app1")
+    ca = db1.file("/etc/postgresql/15/main/tls/ca.crt").content_string
+    host.check_output(f"printf '%s' {shlex.quote(ca)} > {CA_ON_CLIENT}")
+    return host
+
+
+def sql(host: testinfra.host.Host, query: str, db: str = "postgres", port: int = 5432) -> str:
+    """Run one query as the postgres superuser over the local socket; return unaligned output."""
+    cmd = f"runuser -u postgres -- psql -X -At -v ON_ERROR_STOP=1 -p {port} -d {db} -c {shlex.quote(query)}"
+    return host.check_output(cmd).strip()
+
+
+@pytest.fixture(scope="session")
+def psql() -> Callable[..., str]:
+    return sql

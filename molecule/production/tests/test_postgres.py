@@ -32,14 +32,16 @@ def test_primary_streams_to_the_replica(db1: Host, db2: Host) -> None:
 
 def test_a_row_written_on_the_primary_is_on_the_replica_within_a_second(db1: Host, db2: Host) -> None:
     token = uuid.uuid4().hex
-    sql(db1, "CREATE TABLE IF NOT EXISTS molecule_replication (token text PRIMARY KEY, written timestamptz)", db="paydrop")
+    sql(db1, "CREATE TABLE IF NOT EXISTS molecule_replication (token text PRIMARY KEY, written timestamptz)", "paydrop")
     sql(db1, f"INSERT INTO molecule_replication VALUES ('{token}', clock_timestamp())", db="paydrop")
     # Poll on the replica itself and let it measure: the containers share one
     # clock, so clock_timestamp() - written is the time until the row was visible.
+    visible_after = (
+        f"SELECT extract(epoch FROM clock_timestamp() - written) FROM molecule_replication WHERE token = '{token}'"
+    )
     poll = (
         "for i in $(seq 200); do "
-        f"r=$(runuser -u postgres -- psql -X -At -d paydrop -c \"SELECT extract(epoch FROM clock_timestamp() - written) "
-        f"FROM molecule_replication WHERE token = '{token}'\"); "
+        f"r=$(runuser -u postgres -- psql -X -At -d paydrop -c {shlex.quote(visible_after)}); "
         '[ -n "$r" ] && { echo "$r"; exit 0; }; sleep 0.01; done; exit 1'
     )
     seconds = float(db2.check_output(poll))
@@ -95,7 +97,8 @@ def test_a_wrong_password_is_refused(app1: Host) -> None:
 
 
 def test_the_app_host_cannot_log_in_as_the_monitoring_user(app1: Host) -> None:
-    result = client_psql(app1, app_conninfo(user="postgres_exporter", db="postgres"), "SELECT 1", password=MONITORING_PASSWORD)
+    conninfo = app_conninfo(user="postgres_exporter", db="postgres")
+    result = client_psql(app1, conninfo, "SELECT 1", password=MONITORING_PASSWORD)
     assert result.rc != 0
     assert "no pg_hba.conf entry" in result.stderr
 

@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check app tests scripts bench molecule
+	$(BIN)/ruff check $(wildcard app tests scripts bench molecule)
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
 	$(BIN)/python scripts/check_argument_specs.py

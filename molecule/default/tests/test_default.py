@@ -247,8 +247,9 @@ def test_docker_runs_a_container(host: testinfra.host.Host, busybox: str) -> Non
     assert out == "hello-from-container"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def published(host: testinfra.host.Host, busybox: str) -> Iterator[None]:
+    """Three containers serving a page, published in the three ways that matter."""
     serve = "/bin/busybox httpd -f -p 8080 -h /www"
     probes = {
         "probe-default": f"{LOOPBACK_PUBLISHED_PORT}:8080",

@@ -110,3 +110,21 @@ def test_refunded_order_links_are_403(app, stripe_server, tmp_path):
     assert response.status_code == 403
     assert "refunded" in response.get_data(as_text=True)
 
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_head_with_nginx_hand_off_gives_away_nothing_and_counts_nothing(
+        storage, make_app, s3_app, stripe_server, tmp_path):
+    env = {"DOWNLOAD_ACCEL_PREFIX": "/_protected/"}
+    app = s3_app(**env) if storage == "s3" else make_app(env)
+    add_product(app, tmp_path, slug="asset", content=b"12345", filename="a.zip")
+    client, link = _buy(app, stripe_server)
+    for _ in range(8):  # more than DOWNLOAD_LIMIT
+        response = client.head(link)
+        assert response.status_code == 200
+        assert "Location" not in response.headers
+        assert "X-Accel-Redirect" not in response.headers
+        assert response.headers["Content-Length"] == "5"
+        assert response.headers["Content-Disposition"].startswith("attachment;")
+    assert query(app, "SELECT download_count FROM download_grants") == [{"download_count": 0}]
+    assert client.get(link).status_code == (302 if storage == "s3" else 200)

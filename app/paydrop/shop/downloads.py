@@ -83,13 +83,18 @@ def download(token: str) -> BaseResponse:
                 metrics.DEPENDENCY_ERRORS.labels(dependency="storage").inc()
                 abort(503, "The file is temporarily unavailable. Please try again later.")
 
-    if not head:
-        metrics.DOWNLOAD_BYTES.inc(asset.size)
     headers = {
         "Content-Disposition": _content_disposition(asset.filename),
         "Cache-Control": "private, no-store",
         "X-Content-Type-Options": "nosniff",
     }
+    if head:
+        # Answer before any hand-off: a presigned URL or an X-Accel-Redirect
+        # would give the bytes away without the download having been counted.
+        answer = Response(b"", headers=headers, mimetype=asset.content_type)
+        answer.content_length = asset.size
+        return answer
+    metrics.DOWNLOAD_BYTES.inc(asset.size)
     if accel and isinstance(storage, S3Storage):
         url = storage.presigned_url(asset.key, asset.filename, asset.content_type,
                                     PRESIGNED_URL_SECONDS)

@@ -112,7 +112,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     Setting("MAX_CONTENT_LENGTH", _positive_int, str(1024 * 1024), help="largest request body"),
     Setting("SESSION_COOKIE_SECURE", _bool, "true", help="cookies only over HTTPS"),
-    Setting("SESSION_TTL_SECONDS", _positive_int, str(14 * 24 * 3600)),
+    Setting("SESSION_TTL_SECONDS", _positive_int, str(14 * 24 * 3600),
+            help="Redis TTL of a logged-in session (or a guest's that placed an order)"),
+    Setting("ANONYMOUS_SESSION_TTL_SECONDS", _positive_int, "3600",
+            help="Redis TTL of any other session (e.g. one holding only a CSRF token)"),
     # Data stores
     Setting("DATABASE_URL", _DB_URL, secret=True, help="PostgreSQL primary"),
     Setting("DATABASE_REPLICA_URL", _optional(_DB_URL), "", secret=True,

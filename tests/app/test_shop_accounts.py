@@ -93,6 +93,61 @@ def test_sessions_live_in_redis_and_rotate_on_login_and_logout(app, client, redi
     assert client.get("/account/orders").status_code == 302
 
 
+def test_anonymous_sessions_are_short_lived_until_log_in(app, client, redis_client):
+    register(client)
+    client.delete_cookie("paydrop_session")
+    redis_client.flushdb()
+    client.get("/account/login")  # writes a session for the CSRF token
+    [key] = redis_client.keys("paydrop:session:*")
+    assert 0 < redis_client.ttl(key) <= app.config["ANONYMOUS_SESSION_TTL_SECONDS"] == 3600
+    assert client.get_cookie("paydrop_session").expires is not None
+
+    assert login(client).status_code == 302
+    [key] = redis_client.keys("paydrop:session:*")
+    assert redis_client.ttl(key) > 3600
+    assert redis_client.ttl(key) <= app.config["SESSION_TTL_SECONDS"]
+
+
+class _FullRedis:
+    """A Redis that refuses writes, as one at maxmemory with noeviction does."""
+
+    def pipeline(self):
+        return self
+
+    def incr(self, key):
+        return self
+
+    def expire(self, key, seconds):
+        return self
+
+    def execute(self):
+        import redis
+        raise redis.exceptions.ResponseError("OOM command not allowed when used memory > "
+                                             "'maxmemory'.")
+
+
+def test_login_and_registration_fail_closed_when_the_throttle_cannot_count(app, client,
+                                                                          monkeypatch):
+    register(client)
+    client.delete_cookie("paydrop_session")
+    login_token = csrf_from(client.get("/account/login").get_data(as_text=True))
+    monkeypatch.setattr("paydrop.shop.ratelimit.get_redis", lambda: _FullRedis())
+    response = client.post("/account/login", data={"csrf_token": login_token,
+                                                   "email": "reader@example.com",
+                                                   "password": PASSWORD})
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert "try again" in response.get_data(as_text=True)
+    assert client.get("/account/orders").status_code == 302  # not logged in
+
+    response = client.post("/account/register", data={"csrf_token": login_token,
+                                                      "email": "new@example.com",
+                                                      "password": PASSWORD,
+                                                      "password_confirm": PASSWORD})
+    assert response.status_code == 503
+    assert len(query(app, "SELECT id FROM users")) == 1
+
+
 def test_secure_cookie_setting(make_app):
     app = make_app({"SESSION_COOKIE_SECURE": "true"})
     client = app.test_client()

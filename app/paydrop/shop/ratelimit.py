@@ -3,8 +3,10 @@
 ``LOGIN_RATE_LIMIT`` ("attempts/seconds", e.g. "10/300") covers log-in and
 registration; ``CHECKOUT_RATE_LIMIT`` covers starting a card payment (card
 testing). Exceeding a limit raises ``Throttled``, which the error handlers
-turn into a 429 page with Retry-After. If Redis is down the throttle lets
-requests through (the session store is down too, so forms fail anyway).
+turn into a 429 page with Retry-After. If Redis cannot count (down, full,
+erroring) the throttle fails closed: ``ThrottleUnavailable``, a 503 page with
+Retry-After, because a limiter that lets everything through when its store is
+full is exactly what a password-guessing or card-testing run wants.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import redis
 from flask import Flask, current_app, request
-from werkzeug.exceptions import TooManyRequests
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from .. import metrics
 from ..redis_store import get_redis
@@ -47,6 +49,11 @@ class Throttled(TooManyRequests):
     description = "Too many attempts. Please wait a few minutes and try again."
 
 
+class ThrottleUnavailable(ServiceUnavailable):
+    description = ("This is temporarily unavailable because we cannot check for abuse right "
+                   "now. Please try again in a minute.")
+
+
 def client_ip() -> str:
     # remote_addr is the client's address once ProxyFix has read nginx's
     # X-Forwarded-For (see wsgi.py); without a proxy it is the TCP peer.
@@ -71,8 +78,8 @@ def hit(scope: str, *identities: tuple[str, str]) -> None:
         counts = pipe.execute()[0::2]
     except redis.RedisError as exc:
         metrics.DEPENDENCY_ERRORS.labels(dependency="redis").inc()
-        log.warning("rate limiter unavailable, letting %s through: %s", scope, exc)
-        return
+        log.warning("rate limiter unavailable, refusing %s: %s", scope, exc)
+        raise ThrottleUnavailable(retry_after=60) from exc
     if any(count > limit.attempts for count in counts):
         raise Throttled(retry_after=max(1, math.ceil((window + 1) * limit.seconds - now)))
 

@@ -2,7 +2,10 @@
 
 The cookie holds only a random 256-bit id; Redis holds the data under the id's
 SHA-256 (so a leaked Redis dump holds no usable cookie values) with a sliding
-TTL of SESSION_TTL_SECONDS. ``rotate()`` gives the session a new id, for log in
+TTL: SESSION_TTL_SECONDS once someone has logged in (or, as a guest, placed an
+order), ANONYMOUS_SESSION_TTL_SECONDS otherwise. Every form page writes a
+session for its CSRF token, so cookieless GETs (crawlers, floods) must not
+each pin a key in Redis for two weeks. ``rotate()`` gives the session a new id, for log in
 and log out (no session fixation). When Redis is down pages still render with
 an empty session; anything that needs one (forms, checkout) fails its CSRF check.
 """
@@ -66,6 +69,15 @@ def _redis_key(sid: str) -> str:
     return _PREFIX + hashlib.sha256(sid.encode()).hexdigest()
 
 
+def _ttl(app: Flask, session: RedisSession) -> int:
+    # dict.get, not session.get: looking must not mark the session accessed.
+    if dict.get(session, "user_id") or dict.get(session, "orders"):
+        ttl: int = app.config["SESSION_TTL_SECONDS"]
+    else:
+        ttl = app.config["ANONYMOUS_SESSION_TTL_SECONDS"]
+    return ttl
+
+
 class RedisSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> RedisSession:
         sid = request.cookies.get(self.get_cookie_name(app))
@@ -92,7 +104,7 @@ class RedisSessionInterface(SessionInterface):
         name = self.get_cookie_name(app)
         domain = self.get_cookie_domain(app)
         path = self.get_cookie_path(app)
-        ttl = app.config["SESSION_TTL_SECONDS"]
+        ttl = _ttl(app, session)
         store = get_redis()
         try:
             if session.rotate_requested and session.sid:

@@ -183,3 +183,25 @@ def test_a_full_backup_restores_to_identical_data(db1: Host) -> None:
     finally:
         db1.run(f"runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {SCRATCH} -m fast stop")
         db1.run(f"rm -rf {SCRATCH} {SCRATCH}.log")
+
+
+def test_pg_hba_allows_only_tls_and_scram_over_the_network(db1: Host) -> None:
+    rules = sql(db1, "SELECT type, auth_method, coalesce(error, '') FROM pg_hba_file_rules WHERE type <> 'local'")
+    assert rules, "no network rules at all"
+    for line in rules.splitlines():
+        assert line == "hostssl|scram-sha-256|", line
+
+
+def test_the_configuration_check_refuses_bad_settings(db1: Host) -> None:
+    check = "/usr/local/libexec/paydrop/postgres-validate-conf"
+    db1.check_output(
+        "printf 'work_mem = 64MB\\n' > /tmp/good.conf && printf 'shared_buffers = lots\\n' > /tmp/bad.conf"
+    )
+    assert db1.run(f"{check} /tmp/good.conf").rc == 0
+    refused = db1.run(f"{check} /tmp/bad.conf")
+    assert refused.rc != 0 and "invalid value" in refused.stderr
+
+
+def test_wal_is_archived_continuously(db1: Host) -> None:
+    age = sql(db1, "SELECT extract(epoch FROM now() - last_archived_time)::int FROM pg_stat_archiver")
+    assert int(age) < 180, f"newest archived WAL is {age} s old"

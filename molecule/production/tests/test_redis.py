@@ -77,3 +77,11 @@ def test_listens_only_on_loopback_and_the_private_address(redis1: Host) -> None:
 def test_hosts_outside_app_and_monitoring_cannot_reach_redis(db1: Host) -> None:
     result = db1.run("timeout 3 bash -c 'exec 3<>/dev/tcp/redis1/6379'")
     assert result.rc != 0
+
+
+def test_the_configuration_check_refuses_a_bad_acl(redis1: Host) -> None:
+    check = "/usr/local/libexec/paydrop/redis-validate-conf"
+    redis1.check_output("printf 'user x on +nosuchcommand\\n' > /tmp/bad.acl")
+    refused = redis1.run(f"{check} --acl /tmp/bad.acl")
+    assert refused.rc != 0 and "nosuchcommand" in refused.stderr
+    assert redis1.run(f"{check} /etc/redis/redis.conf").rc == 0

@@ -54,7 +54,12 @@ def test_checkout_session_is_created_at_the_database_price(hosted):
     assert create["headers"]["Stripe-Version"] == "2025-03-31.basil"
 
 
-def test_success_page_reconciles_when_the_webhook_is_late(hosted):
+def _retrievals(fake):
+    return [r for r in fake.requests
+            if r["method"] == "GET" and r["path"].startswith("/v1/checkout/sessions/")]
+
+
+def test_success_page_reconciles_when_the_webhook_is_late(hosted, redis_client):
     app, fake = hosted
     client = app.test_client()
     _start(client)
@@ -65,6 +70,7 @@ def test_success_page_reconciles_when_the_webhook_is_late(hosted):
     assert get_order(app, order["id"]).status == "pending"
 
     fake.pay(order["stripe_checkout_session_id"], payment_intent="pi_hosted0001")
+    redis_client.delete(f"paydrop:reconcile:{order['id']}")  # the reconcile interval passed
     page = client.get(f"/checkout/orders/{order['id']}?session_id=whatever")
     assert "Your order is paid" in page.get_data(as_text=True)
     paid = get_order(app, order["id"])
@@ -94,3 +100,46 @@ def test_hosted_checkout_when_stripe_is_down_fails_the_order(make_app, tmp_path)
     assert response.status_code == 502
     assert "not answering" in response.get_data(as_text=True)
     assert query(app, "SELECT status FROM orders") == [{"status": "failed"}]
+
+
+def test_pending_page_asks_stripe_at_most_once_per_interval(hosted, redis_client):
+    app, fake = hosted
+    client = app.test_client()
+    _start(client)
+    [order] = query(app, "SELECT id::text FROM orders")
+    for _ in range(3):
+        page = client.get(f"/checkout/orders/{order['id']}").get_data(as_text=True)
+        assert "Waiting for the payment" in page
+        assert '<meta http-equiv="refresh" content="3">' in page
+    assert len(_retrievals(fake)) == 1
+    ttl = redis_client.ttl(f"paydrop:reconcile:{order['id']}")
+    assert 0 < ttl <= 10
+
+
+def test_pending_page_refreshes_less_often_as_time_passes(hosted):
+    app, _fake = hosted
+    client = app.test_client()
+    _start(client)
+    [order] = query(app, "SELECT id::text FROM orders")
+    for age, refresh in (("1 minute", 10), ("1 hour", 30)):
+        query(app, "UPDATE orders SET created_at = now() - %s::interval RETURNING id", (age,))
+        page = client.get(f"/checkout/orders/{order['id']}").get_data(as_text=True)
+        assert f'<meta http-equiv="refresh" content="{refresh}">' in page
+
+
+def test_page_load_reads_from_stripe_are_quick_and_not_retried(hosted):
+    app, fake = hosted
+    client = app.test_client()
+    _start(client)
+    [order] = query(app, "SELECT id::text FROM orders")
+    fake.read_status = 500  # the SDK retries a 500 when retries are on
+    page = client.get(f"/checkout/orders/{order['id']}")
+    assert page.status_code == 200
+    assert "Waiting for the payment" in page.get_data(as_text=True)
+    assert len(_retrievals(fake)) == 1
+
+    from paydrop.shop.stripe_client import get_stripe
+
+    with app.app_context():
+        # Internal, but the timeout is the point: a slow Stripe holds a thread 3 s at most.
+        assert get_stripe()._reader(quick=True)._requestor._client._timeout == 3

@@ -18,6 +18,7 @@ class FakeCheckoutStripe:
     def __init__(self) -> None:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
+        self.read_status: int | None = None  # set to make every GET fail with this status
 
     def pay(self, session_id: str, payment_intent: str | None = None) -> dict[str, Any]:
         session = self.sessions[session_id]
@@ -35,6 +36,9 @@ class FakeCheckoutStripe:
         })
         if request.method == "POST" and request.path == "/v1/checkout/sessions":
             response = self._create(request.form.to_dict())
+        elif request.method == "GET" and self.read_status is not None:
+            response = _json({"error": {"type": "api_error", "message": "failing on purpose"}},
+                             self.read_status)
         elif request.method == "GET" and request.path.startswith("/v1/checkout/sessions/"):
             session = self.sessions.get(request.path.rsplit("/", 1)[1])
             response = (_json(session) if session else

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
+import redis
 import stripe
 from flask import (
     Blueprint,
@@ -41,6 +43,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .. import metrics
 from ..db import get_db
+from ..redis_store import get_redis
 from . import fulfilment, grants, orders, payment_events, products, ratelimit, users
 from .accounts import current_user, normalise_email
 from .errors import error_response
@@ -51,6 +54,7 @@ bp = Blueprint("checkout", __name__, url_prefix="/checkout")
 
 SETUP_INTENT_ID = re.compile(r"^seti_[A-Za-z0-9_]{1,200}$")
 REMEMBERED_ORDERS = 20
+RECONCILE_INTERVAL_SECONDS = 10
 
 
 class BadInput(Exception):
@@ -294,17 +298,46 @@ def checkout_session(slug: str) -> BaseResponse | tuple[Response | str, int]:
     return redirect(checkout["url"], code=303)
 
 
+def _reconcile_due(order_id: str) -> bool:
+    """True at most once per order per RECONCILE_INTERVAL_SECONDS (across workers).
+
+    The pending page refreshes itself, and each load would otherwise call Stripe;
+    when Stripe is slow that ties up a worker thread per open tab.
+    """
+    try:
+        return bool(get_redis().set(f"paydrop:reconcile:{order_id}", "1", nx=True,
+                                    ex=RECONCILE_INTERVAL_SECONDS))
+    except redis.RedisError as exc:
+        # Without the guard, skip: the webhook still fulfils the order.
+        metrics.DEPENDENCY_ERRORS.labels(dependency="redis").inc()
+        log.warning("not reconciling order %s, Redis unavailable: %s", order_id, exc)
+        return False
+
+
+def _refresh_seconds(order: orders.Order) -> int:
+    """How soon the pending page reloads: quickly at first, then backing off."""
+    waited = (datetime.now(UTC) - order.created_at).total_seconds()
+    if waited < 30:
+        return 3
+    if waited < 300:
+        return 10
+    return 30
+
+
 def _reconcile(order: orders.Order) -> None:
     """Ask Stripe about a pending order; fulfil it if it was paid (webhook late)."""
+    if not _reconcile_due(order.id):
+        return
     gateway = get_stripe()
     try:
         if order.stripe_payment_intent_id:
-            intent = gateway.retrieve_payment_intent(order.stripe_payment_intent_id)
+            intent = gateway.retrieve_payment_intent(order.stripe_payment_intent_id, quick=True)
             if intent["status"] == "succeeded":
                 fulfilment.fulfil(order.id, amount=intent["amount"], currency=intent["currency"],
                                   payment_intent_id=intent["id"], charge_id=charge_id(intent))
         elif order.stripe_checkout_session_id:
-            checkout = gateway.retrieve_checkout_session(order.stripe_checkout_session_id)
+            checkout = gateway.retrieve_checkout_session(order.stripe_checkout_session_id,
+                                                         quick=True)
             with get_db().transaction() as cur:
                 outcome = payment_events.checkout_session_paid(cur, checkout)
             fulfilment.after_commit(outcome.changes)
@@ -324,4 +357,5 @@ def order_status(order_id: str) -> str:
         order = orders.get(cur, order_id)
         grant = grants.usable_for_order(cur, order_id) if order and order.status == "paid" else None
     assert order is not None  # noqa: S101 - orders are never deleted
-    return render_template("checkout/order.html", order=order, grant=grant)
+    return render_template("checkout/order.html", order=order, grant=grant,
+                           refresh_seconds=_refresh_seconds(order))

@@ -24,6 +24,7 @@ from flask import Flask, current_app
 # read; move the pin, the endpoint and the tests together.
 API_VERSION = "2025-03-31.basil"
 WEBHOOK_TOLERANCE_SECONDS = 300
+QUICK_TIMEOUT_SECONDS = 3
 
 _EXTENSION = "paydrop.stripe"
 
@@ -47,7 +48,20 @@ class StripeGateway:
             max_network_retries=2,
             http_client=stripe.RequestsClient(timeout=timeout),
         )
+        # For reads made while a person waits on a page that refreshes anyway: a
+        # short timeout and no retries, so a slow Stripe cannot hold worker
+        # threads for 3 x timeout each.
+        self._quick_client = stripe.StripeClient(
+            secret_key,
+            stripe_version=API_VERSION,
+            base_addresses={"api": api_base},
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=min(timeout, QUICK_TIMEOUT_SECONDS)),
+        )
         self._webhook_secret = webhook_secret
+
+    def _reader(self, quick: bool) -> stripe.StripeClient:
+        return self._quick_client if quick else self._client
 
     # -- payments on our own page ("finalize payments on the server") ------------------
 
@@ -83,8 +97,9 @@ class StripeGateway:
             f"paydrop-order-{order_id}-payment-intent",
         )
 
-    def retrieve_payment_intent(self, payment_intent_id: str) -> dict[str, Any]:
-        return _plain(self._client.v1.payment_intents.retrieve(payment_intent_id))
+    def retrieve_payment_intent(self, payment_intent_id: str, *,
+                                quick: bool = False) -> dict[str, Any]:
+        return _plain(self._reader(quick).v1.payment_intents.retrieve(payment_intent_id))
 
     # -- Stripe-hosted Checkout ---------------------------------------------------------
 
@@ -125,8 +140,8 @@ class StripeGateway:
             f"paydrop-order-{order_id}-checkout-session",
         )
 
-    def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
-        return _plain(self._client.v1.checkout.sessions.retrieve(session_id))
+    def retrieve_checkout_session(self, session_id: str, *, quick: bool = False) -> dict[str, Any]:
+        return _plain(self._reader(quick).v1.checkout.sessions.retrieve(session_id))
 
     # -- after the sale -----------------------------------------------------------------
 

@@ -165,11 +165,20 @@ def test_wrong_password_and_unknown_account_look_the_same(client):
     assert message in wrong.get_data(as_text=True) and message in unknown.get_data(as_text=True)
 
 
-def test_login_redirects_only_to_local_paths(client):
+def test_login_redirects_only_to_local_paths(make_app):
+    client = make_app(LOGIN_RATE_LIMIT="100/300").test_client()
     register(client)
     for target, expected in (("/account/orders", "/account/orders"),
                              ("https://evil.example/", "/account/orders"),
-                             ("//evil.example/", "/account/orders")):
+                             ("//evil.example/", "/account/orders"),
+                             ("/\t/evil.example", "/account/orders"),
+                             ("/\n/evil.example", "/account/orders"),
+                             ("/\\evil", "/account/orders"),
+                             ("\\/evil", "/account/orders"),
+                             ("//evil", "/account/orders"),
+                             ("https://evil", "/account/orders"),
+                             ("/ /evil", "/account/orders"),
+                             ("/account/orders?page=2", "/account/orders?page=2")):
         client.delete_cookie("paydrop_session")
         response = login(client, next=target)
         assert response.headers["Location"] == expected

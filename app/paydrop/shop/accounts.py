@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -91,9 +92,22 @@ def login_required(view: F) -> F:
 
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("accounts.my_orders")
+    """``target`` if it is a path on this site, else "my orders".
+
+    Browsers strip tabs and newlines from URLs and treat a backslash like a
+    slash, so "/<TAB>/evil.example" or "/<BACKSLASH>evil" would leave the site: refuse any
+    control character, whitespace or backslash, anything that parses with a
+    scheme or a host, and anything not starting with exactly one "/".
+    """
+    fallback = url_for("accounts.my_orders")
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return fallback
+    if "\\" in target or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return fallback
+    return target
 
 
 def _log_in(user: users.User) -> None:

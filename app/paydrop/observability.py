@@ -7,8 +7,10 @@
 * Redaction happens in a logging filter on the handler, so it covers every
   logger (ours, Flask's, psycopg2's error texts, gunicorn's): the values of the
   secret settings (``settings.SECRET_NAMES``), Stripe-key-looking strings,
-  card-number-like digit runs, and download tokens in ``/downloads/...`` paths.
-  Query strings are never logged.
+  card-number-like digit runs, and tokens in ``/downloads/...`` and
+  ``/account/verify/...`` paths. Query strings are never logged, and a request
+  that matched a route logs the route template as its path, never the raw path
+  (which may carry a token); only unmatched requests log their (redacted) path.
 * Request ids: a sane ``X-Request-ID`` from the client (nginx sets one) is kept,
   anything else is replaced by a fresh UUID; it is returned in the response.
 """
@@ -48,8 +50,9 @@ _CARD_NUMBER = re.compile(
 )
 _STRIPE_KEY = re.compile(r"\b(?:sk|rk|whsec)_[A-Za-z0-9_]{8,}")
 # The token and anything after it (a query string can carry a token too), but
-# not a route template such as /downloads/<token>.
-_DOWNLOAD_TOKEN = re.compile(r"(/downloads/)(?!<\w+>)[^\s\"']+")
+# not a route template such as /downloads/<token>. Download links and
+# address-confirmation links both carry bearer tokens in the path.
+_DOWNLOAD_TOKEN = re.compile(r"(/(?:downloads|account/verify)/)(?!<\w+>)[^\s\"']+")
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -201,16 +204,17 @@ def _after_request(response: Response) -> Response:
     # Unhandled exceptions are logged at ERROR (with traceback) by Flask itself;
     # a 503 from a readiness probe during an outage is not worth an ERROR per probe.
     level = logging.WARNING if status >= 500 else logging.INFO
+    route = request.url_rule.rule if request.url_rule else None
     log.log(
         level,
         "%s %s %s",
         request.method,
-        request.url_rule.rule if request.url_rule else request.path,
+        route or request.path,
         status,
         extra={
             "method": request.method,
-            "route": request.url_rule.rule if request.url_rule else None,
-            "path": request.path,
+            "route": route,
+            "path": route or request.path,
             "status": status,
             "duration_ms": round(duration * 1000, 2),
             "remote_addr": request.remote_addr,

@@ -109,3 +109,18 @@ def test_redactor_leaves_ordinary_values_alone() -> None:
     text = ("request 2f1c6f5e-3b5a-4a8e-9c1d-123456789012 took 12.5 ms at "
             "2026-01-02T03:04:05.678+00:00 for order 123456 and pi_3NxYzAbCdEf")
     assert REDACTOR.redact(text) == text
+
+
+def test_address_confirmation_tokens_never_reach_the_log(
+        logging_app: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    token = "eyJ1c2VyIjoxLCJlbWFpbCI6ImFAZXhhbXBsZS5jb20ifQ.Zm9yZ2Vk.c2lnbmF0dXJl"
+    capsys.readouterr()
+    logging_app.test_client().get(f"/account/verify/{token}")
+    logging_app.test_client().get(f"/account/verify/{token}/extra")  # unmatched: raw path
+    logging.getLogger("paydrop.careless").warning("see https://shop/account/verify/%s", token)
+
+    out = capsys.readouterr().out
+    assert token not in out
+    lines = [line for line in _lines(out) if "status" in line]
+    assert {line["path"] for line in lines} == {"/account/verify/<token>",
+                                                "/account/verify/[REDACTED]"}

@@ -301,3 +301,15 @@ def test_without_smtp_host_the_receipt_is_logged_and_skipped(app, stripe_server,
     with caplog.at_level("INFO", logger="paydrop.shop.mail"):
         assert Shopper(app.test_client(), stripe_server.url).buy("field-guide").status_code == 200
     assert any("SMTP_HOST is empty" in r.getMessage() for r in caplog.records)
+    assert not any("/downloads/" in r.getMessage() for r in caplog.records)
+
+
+def test_without_smtp_host_mail_bodies_and_links_are_not_logged(make_app, caplog):
+    client = make_app({"APP_ENVIRONMENT": "development"}).test_client()
+    with caplog.at_level("INFO", logger="paydrop.shop.mail"):
+        assert register(client, email="reader@example.com").status_code == 302
+    [record] = [r for r in caplog.records if r.name == "paydrop.shop.mail"]
+    message = record.getMessage()
+    assert "'Confirm your e-mail address'" in message and "reader@example.com" in message
+    assert "/account/verify/" not in message and "three days" not in message
+    assert "not logged" in message

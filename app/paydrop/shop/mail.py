@@ -2,7 +2,8 @@
 
 Messages are handed to a small thread pool so a slow mail server never delays a
 webhook answer or a page. With SMTP_HOST empty (development) a message is
-logged, links included, and not sent.
+logged (recipient and subject only: bodies carry download and confirmation
+links, which are bearer tokens) and not sent.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def send(to: str, subject: str, body: str) -> Future[None] | None:
     message["Message-ID"] = make_msgid(domain=settings.sender.rpartition("@")[2] or None)
     message.set_content(body)
     if not settings.host:
-        log.info("SMTP_HOST is empty; not sending %r to %s:\n%s", subject, to, body)
+        note = ""
+        if current_app.config["APP_ENVIRONMENT"] != "production":
+            note = (" (the body and its links are not logged; point SMTP_HOST at a local "
+                    "mail catcher to read them)")
+        log.info("SMTP_HOST is empty; not sending %r to %s%s", subject, to, note)
         return None
     return _pool.submit(_deliver, settings, message)
 

@@ -38,15 +38,45 @@ def _str(value: str) -> str:
     return value
 
 
-def _int(value: str) -> int:
-    return int(value)
-
-
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
         raise ValueError("must be a positive integer")
     return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+MIN_SECRET_KEY_LENGTH = 32
+
+
+def _secret_key(value: str) -> str:
+    if len(value) < MIN_SECRET_KEY_LENGTH:
+        raise ValueError(f"must be at least {MIN_SECRET_KEY_LENGTH} characters "
+                         "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(48))')")
+    return value
+
+
+def _rate_limit(value: str) -> str:
+    """Attempts/seconds, both positive; kept as text (ratelimit.py builds the Limit)."""
+    try:
+        attempts, seconds = (int(part) for part in value.split("/"))
+    except ValueError:
+        attempts = seconds = 0
+    if attempts <= 0 or seconds <= 0:
+        raise ValueError("must be attempts/seconds, e.g. 10/300")
+    return value
+
+
+def _location_prefix(value: str) -> str:
+    if not (value.startswith("/") and value.endswith("/")):
+        raise ValueError('must start and end with "/", e.g. /_protected/')
+    return value
 
 
 def _bool(value: str) -> bool:
@@ -103,7 +133,7 @@ _DB_URL = _url("postgresql", "postgres")
 
 SETTINGS: tuple[Setting, ...] = (
     # Core
-    Setting("SECRET_KEY", secret=True, help="signs sessions, CSRF tokens and download links"),
+    Setting("SECRET_KEY", _secret_key, secret=True, help="signs sessions, CSRF tokens and download links"),
     Setting("APP_ENVIRONMENT", default="production", help="shown in /api/health"),
     Setting("APP_VERSION", default="", help="release shown in /api/health and X-Release"),
     Setting("APP_EXPOSE_RELEASE_HEADER", _bool, "false", help="add X-Release to every response"),
@@ -137,13 +167,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STORAGE_BACKEND", _choice("local", "s3"), "local"),
     Setting("STORAGE_LOCAL_DIR", default="/var/lib/paydrop/assets"),
     Setting("S3_ENDPOINT_URL", default="", help="S3-compatible endpoint; empty = AWS"),
-    Setting("S3_BUCKET", default=""),
+    Setting("S3_BUCKET", default="", help="required when STORAGE_BACKEND=s3"),
     Setting("S3_REGION", default="us-east-1"),
     Setting("S3_ACCESS_KEY_ID", default="", secret=True),
     Setting("S3_SECRET_ACCESS_KEY", default="", secret=True),
     Setting("DOWNLOAD_TTL_SECONDS", _positive_int, str(24 * 3600)),
     Setting("DOWNLOAD_LIMIT", _positive_int, "5"),
-    Setting("DOWNLOAD_ACCEL_PREFIX", default="",
+    Setting("DOWNLOAD_ACCEL_PREFIX", _optional(_location_prefix), "",
             help="nginx internal location for X-Accel-Redirect; empty = the app sends bytes"),
     # E-mail
     Setting("SMTP_HOST", default="", help="empty = receipts are logged and skipped"),
@@ -157,12 +187,12 @@ SETTINGS: tuple[Setting, ...] = (
             help="client networks allowed to read /metrics"),
     Setting("STRIPE_HEALTH_CACHE_SECONDS", _positive_int, "60"),
     Setting("HEALTH_CHECK_TIMEOUT_SECONDS", _positive_int, "2"),
-    Setting("TRUSTED_PROXY_COUNT", _int, "0",
+    Setting("TRUSTED_PROXY_COUNT", _non_negative_int, "0",
             help="reverse proxies in front of the app whose X-Forwarded-For/-Proto to trust"
                  " (1 behind the nginx load balancer; 0 when clients connect directly)"),
-    Setting("LOGIN_RATE_LIMIT", default="10/300",
+    Setting("LOGIN_RATE_LIMIT", _rate_limit, "10/300",
             help="attempts/seconds allowed per IP and per account for login and registration"),
-    Setting("CHECKOUT_RATE_LIMIT", default="30/300",
+    Setting("CHECKOUT_RATE_LIMIT", _rate_limit, "30/300",
             help="card payments started per IP per window (attempts/seconds; slows card testing)"),
 )
 
@@ -188,6 +218,12 @@ def _raw_value(setting: Setting, environ: Mapping[str, str], problems: list[str]
     return value
 
 
+def _check_together(values: Mapping[str, Any], problems: list[str]) -> None:
+    """Rules that involve more than one setting (each was parsed on its own above)."""
+    if values.get("STORAGE_BACKEND") == "s3" and not values.get("S3_BUCKET"):
+        problems.append("S3_BUCKET: missing; required when STORAGE_BACKEND=s3")
+
+
 def load(environ: Mapping[str, str]) -> dict[str, Any]:
     """Parse and validate every setting; raise SettingsError listing all problems."""
     problems: list[str] = []
@@ -201,6 +237,7 @@ def load(environ: Mapping[str, str]) -> dict[str, Any]:
         except ValueError as exc:
             shown = "(hidden)" if setting.secret else repr(raw)
             problems.append(f"{setting.name}: invalid value {shown}: {exc}")
+    _check_together(values, problems)
     if problems:
         raise SettingsError(problems)
     return values

@@ -31,7 +31,7 @@ def _env(database_url: str) -> dict[str, str]:
     """The settings a deploy gives the migrate container (nothing else from this process)."""
     return {
         "PATH": os.environ["PATH"],
-        "SECRET_KEY": "test-secret-key",
+        "SECRET_KEY": "test-secret-key-at-least-32-characters",
         "DATABASE_URL": database_url,
         "REDIS_URL": "redis://127.0.0.1:1/0",
         "STRIPE_SECRET_KEY": "sk_test_x",

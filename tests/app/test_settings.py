@@ -106,3 +106,39 @@ def test_an_empty_replica_url_means_no_replica() -> None:
     env = {**BAD_ENV, "DATABASE_URL": "postgresql://u@db/paydrop", "SMTP_PORT": "587",
            "DATABASE_REPLICA_URL": ""}
     assert settings.load(env)["DATABASE_REPLICA_URL"] == ""
+
+
+def _valid_env(**extra: str) -> dict[str, str]:
+    return {**BAD_ENV, "DATABASE_URL": "postgresql://u@db/paydrop", "SMTP_PORT": "587", **extra}
+
+
+def test_a_valid_environment_loads() -> None:
+    values = settings.load(_valid_env(DOWNLOAD_ACCEL_PREFIX="/_protected/",
+                                      TRUSTED_PROXY_COUNT="0", LOGIN_RATE_LIMIT="5/60"))
+    assert values["DOWNLOAD_ACCEL_PREFIX"] == "/_protected/"
+    assert values["TRUSTED_PROXY_COUNT"] == 0
+    assert values["LOGIN_RATE_LIMIT"] == "5/60"
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"SECRET_KEY": "x" * 31}, "SECRET_KEY: invalid value (hidden): must be at least 32"),
+    ({"TRUSTED_PROXY_COUNT": "-1"}, "TRUSTED_PROXY_COUNT: invalid value '-1'"),
+    ({"DOWNLOAD_ACCEL_PREFIX": "_protected/"}, "DOWNLOAD_ACCEL_PREFIX: invalid value"),
+    ({"DOWNLOAD_ACCEL_PREFIX": "/_protected"}, 'must start and end with "/"'),
+    ({"LOGIN_RATE_LIMIT": "ten"}, "LOGIN_RATE_LIMIT: invalid value 'ten': must be attempts/s"),
+    ({"CHECKOUT_RATE_LIMIT": "30/0"}, "CHECKOUT_RATE_LIMIT: invalid value '30/0'"),
+    ({"STORAGE_BACKEND": "s3"}, "S3_BUCKET: missing; required when STORAGE_BACKEND=s3"),
+])
+def test_invalid_settings_are_refused(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(settings.SettingsError) as caught:
+        settings.load(_valid_env(**env))
+    assert expected in str(caught.value)
+    assert len(caught.value.problems) == 1
+
+
+def test_cross_field_problems_are_listed_with_the_others() -> None:
+    with pytest.raises(settings.SettingsError) as caught:
+        settings.load(_valid_env(STORAGE_BACKEND="s3", SMTP_PORT="x", LOGIN_RATE_LIMIT="1"))
+    names = sorted(problem.split(":", 1)[0] for problem in caught.value.problems)
+    assert names == ["LOGIN_RATE_LIMIT", "S3_BUCKET", "SMTP_PORT"]
+    assert settings.load(_valid_env(STORAGE_BACKEND="s3", S3_BUCKET="files"))["S3_BUCKET"] == "files"

@@ -56,14 +56,17 @@ class Database:
         return pool
 
     @contextmanager
-    def connection(self, name: str = "primary") -> Iterator[Any]:
-        """A pooled connection; broken connections are discarded, not reused."""
+    def connection(self, name: str = "primary", *, wait: float | None = None) -> Iterator[Any]:
+        """A pooled connection; broken connections are discarded, not reused.
+
+        ``wait``: seconds to wait for a free slot (POOL_WAIT_SECONDS by default);
+        callers with their own deadline, like the health probe, pass theirs.
+        """
         slots = self._slots[name]
-        if not slots.acquire(timeout=POOL_WAIT_SECONDS):
+        wait = POOL_WAIT_SECONDS if wait is None else wait
+        if not slots.acquire(timeout=wait):
             metrics.DEPENDENCY_ERRORS.labels("database").inc()
-            raise psycopg2.pool.PoolError(
-                f"no free {name} database connection after {POOL_WAIT_SECONDS}s"
-            )
+            raise psycopg2.pool.PoolError(f"no free {name} database connection after {wait}s")
         try:
             pool = self._pool(name)
             try:

@@ -71,7 +71,9 @@ _POOL = _Pool()
 
 def _database_schema_version(db: Database, timeout: int) -> int:
     """One round trip: reachable, and the schema version (0 before the first migration)."""
-    with db.connection() as conn, conn.cursor() as cur:
+    # Wait for a pool slot no longer than the probe itself waits, so a busy pool
+    # cannot pile up health threads that outlive their probes.
+    with db.connection(wait=timeout) as conn, conn.cursor() as cur:
         try:
             cur.execute(
                 "SET LOCAL statement_timeout = %s; "

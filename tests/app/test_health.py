@@ -212,3 +212,20 @@ def test_every_response_carries_x_release_when_enabled(make_app: Callable[..., A
         response = client.get(path)
         assert response.headers.get("X-Release") == ("2.7.1" if enabled else None), path
     assert client.get("/api/health").get_json()["version"] == "2.7.1"
+
+
+def test_a_busy_pool_is_waited_on_no_longer_than_the_health_timeout(
+        make_app: Callable[..., Any]) -> None:
+    from paydrop import health
+    from paydrop.db import get_db
+
+    app = make_app({"DATABASE_POOL_SIZE": "1", "HEALTH_CHECK_TIMEOUT_SECONDS": "1"})
+    with app.app_context(), get_db().connection():  # the only slot is taken
+        started = time.monotonic()
+        response = app.test_client().get("/api/health/ready")
+        assert response.status_code == 503
+        assert response.get_json()["checks"]["database"] == "unhealthy"
+        # The probe's worker thread gives up on the slot too, not after POOL_WAIT_SECONDS.
+        with pytest.raises(psycopg2.pool.PoolError):
+            health._database_schema_version(get_db(), 1)
+        assert time.monotonic() - started < 4.0

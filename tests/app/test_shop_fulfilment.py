@@ -9,6 +9,7 @@ from tests.support.shop import (
     Shopper,
     add_product,
     authenticate_like_stripe_js,
+    charge,
     event,
     get_order,
     payment_intent,
@@ -37,6 +38,32 @@ def _order_with_paid_intent(app, product):
     return order, intent
 
 
+def test_a_refund_parked_before_the_page_learns_the_payment_wins(app, tmp_path):
+    """The page path records the PaymentIntent through link_payment_intent, which
+    replays the parked refund; mark_paid never records it behind that back."""
+    from paydrop.db import get_db
+    from paydrop.shop import orders, payment_events
+    from paydrop.shop.stripe_client import get_stripe
+
+    product = add_product(app, tmp_path)
+    with app.app_context():
+        with get_db().transaction() as cur:
+            order = orders.create(cur, product_id=product.id, amount=product.price_amount,
+                                  currency=product.currency, email="a@example.com", user_id=None,
+                                  checkout_mode="payment_intent")
+        intent = get_stripe().create_payment_intent(
+            order_id=order.id, amount=order.amount, currency=order.currency,
+            payment_method="pm_card_visa", product_slug=product.slug)
+    body, headers = signed(event("charge.refunded", charge(intent["id"], order.amount)))
+    assert app.test_client().post("/api/webhooks/stripe", data=body,
+                                  headers=headers).status_code == 200
+    with app.app_context():
+        payment_events.fulfil_from_intent(order.id, intent)
+    final = get_order(app, order.id)
+    assert (final.status, final.stripe_payment_intent_id) == ("refunded", intent["id"])
+    assert query(app, "SELECT id FROM download_grants WHERE revoked_at IS NULL") == []
+
+
 def test_success_page_fulfils_when_the_webhook_is_late(app, tmp_path):
     product = add_product(app, tmp_path)
     order, _intent = _order_with_paid_intent(app, product)
@@ -51,7 +78,7 @@ def test_success_page_fulfils_when_the_webhook_is_late(app, tmp_path):
 
 def test_page_and_webhooks_racing_fulfil_once(live_app, tmp_path):
     import requests
-    from paydrop.shop import fulfilment
+    from paydrop.shop import payment_events
 
     app, server = live_app
     product = add_product(app, tmp_path)
@@ -64,8 +91,7 @@ def test_page_and_webhooks_racing_fulfil_once(live_app, tmp_path):
         try:
             barrier.wait()
             with app.app_context():
-                fulfilment.fulfil(order.id, amount=intent["amount"], currency=intent["currency"],
-                                  payment_intent_id=intent["id"])
+                payment_events.fulfil_from_intent(order.id, intent)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

@@ -47,7 +47,7 @@ from ..redis_store import get_redis
 from . import fulfilment, grants, orders, payment_events, products, ratelimit, users
 from .accounts import current_user, normalise_email
 from .errors import error_response
-from .stripe_client import charge_id, get_stripe
+from .stripe_client import get_stripe
 
 log = logging.getLogger(__name__)
 bp = Blueprint("checkout", __name__, url_prefix="/checkout")
@@ -146,8 +146,7 @@ def _settle(order: orders.Order, intent: dict[str, Any]) -> tuple[Response, int]
     """Act on a PaymentIntent's status and tell the page what to do next."""
     status = intent["status"]
     if status == "succeeded":
-        fulfilment.fulfil(order.id, amount=intent["amount"], currency=intent["currency"],
-                          payment_intent_id=intent["id"], charge_id=charge_id(intent))
+        payment_events.fulfil_from_intent(order.id, intent)
         return jsonify(status="paid", redirect=_order_url(order)), 200
     if status == "requires_action":
         return jsonify(
@@ -333,8 +332,7 @@ def _reconcile(order: orders.Order) -> None:
         if order.stripe_payment_intent_id:
             intent = gateway.retrieve_payment_intent(order.stripe_payment_intent_id, quick=True)
             if intent["status"] == "succeeded":
-                fulfilment.fulfil(order.id, amount=intent["amount"], currency=intent["currency"],
-                                  payment_intent_id=intent["id"], charge_id=charge_id(intent))
+                payment_events.fulfil_from_intent(order.id, intent)
         elif order.stripe_checkout_session_id:
             checkout = gateway.retrieve_checkout_session(order.stripe_checkout_session_id,
                                                          quick=True)

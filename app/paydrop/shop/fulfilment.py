@@ -57,13 +57,14 @@ def mark_paid(
     *,
     amount: int,
     currency: str,
-    payment_intent_id: str | None = None,
     charge_id: str | None = None,
 ) -> Change | None:
     """The one fulfilment function: pending/failed -> paid, plus a download grant.
 
     ``amount`` and ``currency`` are what Stripe says was paid; an order is only
-    fulfilled when they equal the price recorded on the order.
+    fulfilled when they equal the price recorded on the order. The order's
+    PaymentIntent is recorded before this, by ``payment_events.link_payment_intent``
+    (which also replays events parked for it), never here.
     """
     order = orders.lock(cur, order_id)
     if order is None or order.status not in ("pending", "failed"):
@@ -76,9 +77,8 @@ def mark_paid(
     if not _transition(
         cur, order_id,
         """status = 'paid', paid_at = now(), failure_message = NULL,
-           stripe_payment_intent_id = coalesce(stripe_payment_intent_id, %s),
            stripe_charge_id = coalesce(%s, stripe_charge_id)""",
-        ("pending", "failed"), (payment_intent_id, charge_id),
+        ("pending", "failed"), (charge_id,),
     ):
         return None
     config = current_app.config
@@ -169,21 +169,6 @@ def _send_receipt(order: orders.Order, link: str, grant: grants.Grant) -> None:
         f"'My orders' after you create an account with this address.\n"
     )
     mail.send(order.email, f"Your receipt for {order.product_title}", body)
-
-
-def fulfil(
-    order_id: str,
-    *,
-    amount: int,
-    currency: str,
-    payment_intent_id: str | None = None,
-    charge_id: str | None = None,
-) -> None:
-    """``mark_paid`` in its own transaction, then its side effects (for the pages)."""
-    with get_db().transaction() as cur:
-        change = mark_paid(cur, order_id, amount=amount, currency=currency,
-                           payment_intent_id=payment_intent_id, charge_id=charge_id)
-    after_commit([change])
 
 
 def fail(order_id: str, message: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..db import get_db
 from . import fulfilment, orders, stripe_events
 from .fulfilment import Change
 from .stripe_client import charge_id
@@ -69,16 +70,30 @@ def _order_for_payment_intent(cur: Any, intent: dict[str, Any]) -> str | None:
     return orders.id_by_payment_intent(cur, intent["id"])
 
 
+def intent_succeeded(cur: Any, order_id: str, intent: dict[str, Any]) -> list[Change | None]:
+    """A succeeded PaymentIntent fulfils its order: link it (replaying parked
+    events), then mark the order paid. The webhook, the checkout and the order
+    page all come through here."""
+    changes = link_payment_intent(cur, order_id, intent["id"])
+    changes.append(fulfilment.mark_paid(
+        cur, order_id, amount=intent["amount"], currency=intent["currency"],
+        charge_id=charge_id(intent),
+    ))
+    return changes
+
+
+def fulfil_from_intent(order_id: str, intent: dict[str, Any]) -> None:
+    """``intent_succeeded`` in its own transaction, then its side effects (for the pages)."""
+    with get_db().transaction() as cur:
+        changes = intent_succeeded(cur, order_id, intent)
+    fulfilment.after_commit(changes)
+
+
 def _payment_intent_succeeded(cur: Any, intent: dict[str, Any]) -> Outcome:
     order_id = _order_for_payment_intent(cur, intent)
     if order_id is None:
         return Outcome()
-    changes = link_payment_intent(cur, order_id, intent["id"])
-    changes.append(fulfilment.mark_paid(
-        cur, order_id, amount=intent["amount"], currency=intent["currency"],
-        payment_intent_id=intent["id"], charge_id=charge_id(intent),
-    ))
-    return Outcome(changes)
+    return Outcome(intent_succeeded(cur, order_id, intent))
 
 
 def _payment_intent_failed(cur: Any, intent: dict[str, Any]) -> Outcome:
@@ -118,7 +133,6 @@ def checkout_session_paid(cur: Any, session: dict[str, Any]) -> Outcome:
     if session.get("payment_status") in ("paid", "no_payment_required"):
         changes.append(fulfilment.mark_paid(
             cur, order_id, amount=session["amount_total"], currency=session["currency"],
-            payment_intent_id=intent_id_of(session),
         ))
     return Outcome(changes)
 

@@ -271,7 +271,10 @@ def test_my_orders_reissues_a_link_and_the_old_one_stops(mail_app, smtp, stripe_
     page = client.get("/account/orders").get_data(as_text=True)
     new_link = re.search(r'href="(/downloads/[^"]+)"', page).group(1)
     assert new_link != old_link
-    assert client.get(old_link).status_code == 403
+    old = client.get(old_link)
+    assert old.status_code == 403
+    assert "replaced by a newer link" in old.get_data(as_text=True)
+    assert "refunded" not in old.get_data(as_text=True)
     assert client.get(new_link).data == b"bytes"
 
     stranger = app.test_client()

@@ -48,6 +48,8 @@ def _content_disposition(filename: str) -> str:
 
 
 REFUSALS: dict[str, tuple[type[HTTPException], str]] = {
+    "superseded": (Forbidden, "This download link was replaced by a newer link. Use the "
+                              "newest link on 'My orders'."),
     "revoked": (Forbidden, "This download is no longer available: the order was refunded "
                            "or disputed."),
     "expired": (Gone, "This download link has expired. Ask for a new one on 'My orders'."),

@@ -111,9 +111,14 @@ def consume(cur: Any, grant_id: str) -> Asset | None:
 
 
 def refusal_reason(cur: Any, grant_id: str) -> str:
-    """Why ``consume`` said no: unknown, revoked, expired or exhausted."""
+    """Why ``consume`` said no: unknown, superseded, revoked, expired or exhausted.
+
+    A paid order's grants are revoked only when "My orders" issues a newer link,
+    so a revoked grant of a still-paid order was superseded, not refunded.
+    """
     cur.execute(
-        """SELECT g.revoked_at IS NOT NULL OR o.status <> 'paid' AS revoked,
+        """SELECT g.revoked_at IS NOT NULL AND o.status = 'paid' AS superseded,
+                  g.revoked_at IS NOT NULL OR o.status <> 'paid' AS revoked,
                   g.expires_at <= now() AS expired,
                   g.download_count >= g.max_downloads AS exhausted
            FROM download_grants g JOIN orders o ON o.id = g.order_id WHERE g.id = %s""",
@@ -122,7 +127,7 @@ def refusal_reason(cur: Any, grant_id: str) -> str:
     row = cur.fetchone()
     if row is None:
         return "unknown"
-    for reason in ("revoked", "expired", "exhausted"):
+    for reason in ("superseded", "revoked", "expired", "exhausted"):
         if row[reason]:
             return reason
     return "unknown"

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 import requests
@@ -77,15 +78,16 @@ def test_s3_storage_streams_through_the_app(s3_app, stripe_server, tmp_path):
 def test_s3_with_nginx_redirects_to_a_short_lived_presigned_url(s3_app, stripe_server, tmp_path):
     app = s3_app(DOWNLOAD_ACCEL_PREFIX="/_protected/")
     content = b"s3 bytes"
-    product = add_product(app, tmp_path, slug="asset", content=content, filename="a.zip")
+    product = add_product(app, tmp_path, slug="asset", content=content, filename="a é.zip")
     client, link = _buy(app, stripe_server)
     response = client.get(link)
     assert response.status_code == 302
     location = response.headers["Location"]
     query_string = parse_qs(urlparse(location).query)
-    assert urlparse(location).path.endswith(product.asset_key)
+    assert unquote(urlparse(location).path).endswith(product.asset_key)
     assert query_string["X-Amz-Expires"] == ["60"]
-    assert query_string["response-content-disposition"] == ['attachment; filename="a.zip"']
+    assert query_string["response-content-disposition"] == [
+        "attachment; filename=\"a _.zip\"; filename*=UTF-8''a%20%C3%A9.zip"]
     assert requests.get(location, timeout=10).content == content
 
 
@@ -128,3 +130,24 @@ def test_head_with_nginx_hand_off_gives_away_nothing_and_counts_nothing(
         assert response.headers["Content-Disposition"].startswith("attachment;")
     assert query(app, "SELECT download_count FROM download_grants") == [{"download_count": 0}]
     assert client.get(link).status_code == (302 if storage == "s3" else 200)
+
+
+def _open_files(path):
+    import os
+
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return found
+
+
+def test_an_unread_download_closes_its_file(app, stripe_server, tmp_path):
+    product = add_product(app, tmp_path, slug="asset", content=b"x" * 200_000)
+    client, link = _buy(app, stripe_server)
+    path = (tmp_path / "assets" / product.asset_key).resolve()
+    response = client.get(link, buffered=False)
+    assert response.status_code == 200
+    assert _open_files(path) == 1
+    response.close()  # what the WSGI server does when the client goes away
+    assert _open_files(path) == 0

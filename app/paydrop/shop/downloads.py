@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from .. import metrics
 from ..db import get_db
 from . import grants
-from .storage import S3Storage, StorageError, get_storage
+from .storage import S3Storage, StorageError, content_disposition, get_storage
 
 log = logging.getLogger(__name__)
 bp = Blueprint("downloads", __name__)
@@ -40,11 +40,6 @@ def download_path(grant_id: str) -> str:
 def download_url(grant_id: str) -> str:
     """The absolute link, for e-mails (built from PUBLIC_URL, not the request)."""
     return f"{current_app.config['PUBLIC_URL'].rstrip('/')}/downloads/{_token(grant_id)}"
-
-
-def _content_disposition(filename: str) -> str:
-    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "").replace("?", "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
 
 
 REFUSALS: dict[str, tuple[type[HTTPException], str]] = {
@@ -86,7 +81,7 @@ def download(token: str) -> BaseResponse:
                 abort(503, "The file is temporarily unavailable. Please try again later.")
 
     headers = {
-        "Content-Disposition": _content_disposition(asset.filename),
+        "Content-Disposition": content_disposition(asset.filename),
         "Cache-Control": "private, no-store",
         "X-Content-Type-Options": "nosniff",
     }

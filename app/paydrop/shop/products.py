@@ -57,12 +57,6 @@ def get_by_slug(cur: Any, slug: str, *, active_only: bool = True) -> Product | N
     return Product.from_row(row) if row else None
 
 
-def get(cur: Any, product_id: int) -> Product | None:
-    cur.execute(sql.SQL("SELECT {} FROM products WHERE id = %s").format(_COLUMNS), (product_id,))
-    row = cur.fetchone()
-    return Product.from_row(row) if row else None
-
-
 def create(
     cur: Any,
     *,

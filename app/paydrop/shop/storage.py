@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
+from urllib.parse import quote
 
 from flask import Flask, current_app
 
@@ -43,6 +44,35 @@ def sha256_of(stream: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII ``filename`` and the exact name as RFC 5987 ``filename*``."""
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "").replace("?", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+
+
+class Stream:
+    """An object's bytes, opened (so a missing object is known before the
+    response starts) and closed by ``close()``, which the WSGI server calls
+    whether or not the body was read: an abandoned response leaks no file
+    handle or S3 connection."""
+
+    def __init__(self, chunks: Iterator[bytes], close: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._close = close
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._chunks
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+
 class LocalStorage:
     kind = "local"
 
@@ -63,20 +93,12 @@ class LocalStorage:
             shutil.copyfileobj(stream, out, CHUNK)
         partial.replace(path)
 
-    def open_stream(self, key: str) -> Iterator[bytes]:
+    def open_stream(self, key: str) -> Stream:
         try:
             handle = self.path(key).open("rb")
         except FileNotFoundError as exc:
             raise StorageError(f"missing object {key!r}") from exc
-
-        def chunks() -> Iterator[bytes]:
-            with handle:
-                yield from iter(lambda: handle.read(CHUNK), b"")
-
-        return chunks()
-
-    def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        return Stream(iter(lambda: handle.read(CHUNK), b""), handle.close)
 
 
 class S3Storage:
@@ -104,36 +126,20 @@ class S3Storage:
             stream, self.bucket, validate_key(key), ExtraArgs={"ContentType": content_type}
         )
 
-    def open_stream(self, key: str) -> Iterator[bytes]:
+    def open_stream(self, key: str) -> Stream:
         from botocore.exceptions import ClientError
 
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=validate_key(key))["Body"]
         except ClientError as exc:
             raise StorageError(f"cannot read {key!r}: {exc}") from exc
-
-        def chunks() -> Iterator[bytes]:
-            try:
-                yield from body.iter_chunks(CHUNK)
-            finally:
-                body.close()
-
-        return chunks()
-
-    def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
-        except ClientError:
-            return False
-        return True
+        return Stream(body.iter_chunks(CHUNK), body.close)
 
     def presigned_url(self, key: str, filename: str, content_type: str, expires: int) -> str:
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": validate_key(key),
-            "ResponseContentDisposition": f'attachment; filename="{filename}"',
+            "ResponseContentDisposition": content_disposition(filename),
             "ResponseContentType": content_type,
         }
         return str(self.client.generate_presigned_url("get_object", Params=params,

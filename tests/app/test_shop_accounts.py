@@ -251,8 +251,13 @@ def test_guest_orders_join_the_account_after_the_address_is_confirmed(mail_app, 
     page = client.get("/account/orders").get_data(as_text=True)
     assert "Field Guide" in page and "Download" in page
 
-    # Someone else following the link for another account changes nothing.
+    # A tampered link is refused.
     assert client.get(link[:-3] + "xyz").status_code == 404
+    # Someone else following the owner's link confirms the owner's address, not theirs.
+    stranger = app.test_client()
+    register(stranger, email="stranger@example.com")
+    assert stranger.get(link).status_code == 302
+    assert "Field Guide" not in stranger.get("/account/orders").get_data(as_text=True)
 
 
 def test_my_orders_reissues_a_link_and_the_old_one_stops(mail_app, smtp, stripe_server, tmp_path):

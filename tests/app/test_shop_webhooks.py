@@ -289,3 +289,33 @@ def test_checkout_refund_that_overtakes_completion_is_parked_and_replayed(app, c
     assert current.status == "refunded"
     assert query(app, "SELECT id FROM download_grants") == []
     assert all(row["processed_at"] for row in query(app, "SELECT processed_at FROM stripe_events"))
+
+
+def test_a_handler_that_raises_is_500_stores_nothing_and_the_retry_succeeds(app, order,
+                                                                            monkeypatch):
+    from paydrop.shop import payment_events
+
+    original = payment_events.HANDLERS["payment_intent.succeeded"]
+    calls = []
+
+    def flaky(cur, obj):
+        calls.append(obj["id"])
+        if len(calls) == 1:
+            raise RuntimeError("database hiccup in the middle of fulfilment")
+        return original(cur, obj)
+
+    monkeypatch.setitem(payment_events.HANDLERS, "payment_intent.succeeded", flaky)
+    client = app.test_client()
+    evt = event("payment_intent.succeeded", payment_intent(order), event_id="evt_flaky_1")
+    response = _post(client, evt)
+    assert response.status_code == 500
+    assert query(app, "SELECT id FROM stripe_events") == []
+    assert get_order(app, order.id).status == "pending"
+    assert query(app, "SELECT id FROM download_grants") == []
+
+    response = _post(client, evt)  # Stripe retries the same event
+    assert response.status_code == 200
+    assert len(calls) == 2
+    assert query(app, "SELECT id FROM stripe_events") == [{"id": "evt_flaky_1"}]
+    assert get_order(app, order.id).status == "paid"
+    assert len(query(app, "SELECT id FROM download_grants")) == 1

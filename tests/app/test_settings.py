@@ -32,12 +32,18 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), **extra}
 
 
-def _assert_refused(result: subprocess.CompletedProcess[str]) -> None:
+def _assert_refused(result: subprocess.CompletedProcess[str], gunicorn_halt_ok: bool = False) -> None:
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "DATABASE_URL" in result.stderr and "missing" in result.stderr, output
     assert "SMTP_PORT" in result.stderr and "twenty-five" in result.stderr, output
-    assert "Traceback" not in output
+    if gunicorn_halt_ok:
+        # Plain gunicorn (without our config) may print its own HaltServer
+        # traceback, depending on when the master reaps the worker; no frame
+        # of ours may appear in it.
+        assert "/paydrop/" not in output, output
+    else:
+        assert "Traceback" not in output
     assert BAD_ENV["SECRET_KEY"] not in output
 
 
@@ -70,7 +76,10 @@ def test_gunicorn_without_our_config_stops_instead_of_respawning_workers() -> No
          "paydrop.wsgi:app"],
         env=env, capture_output=True, text=True, timeout=60,
     )
-    _assert_refused(result)
+    # It exits by itself (subprocess.run's timeout would fire if workers were
+    # respawned for ever): status 3 (WORKER_BOOT_ERROR), or 1 when gunicorn's
+    # halt trips over the second failed worker.
+    _assert_refused(result, gunicorn_halt_ok=True)
 
 
 def test_load_lists_every_problem_at_once() -> None:

@@ -7,7 +7,7 @@ BIN       := $(VENV)/bin
 JUNIT     := build/junit
 STEP      := $(BIN)/python scripts/junit_step.py $(JUNIT)
 # Molecule scenarios `make test` runs, in order.
-SCENARIOS ?= default
+SCENARIOS ?= default production
 # Release id of the app image: the package version plus the commit.
 VERSION   ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 

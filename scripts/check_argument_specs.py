@@ -2,8 +2,9 @@
 
 For every role: the `main` entry point's options must list exactly the keys of
 defaults/main.yml, and each option that has a default there must declare the
-same `default` in the spec when it declares one. Other entry points (e.g.
-common's `firewall`) are checked for well-formedness only.
+same `default` in the spec when it declares one. Every option of every entry
+point must appear (as `name`) in the role's README.md, so operators find each
+variable documented.
 """
 
 from __future__ import annotations
@@ -44,9 +45,17 @@ def check_role(role: Path) -> list[str]:
             problems.append(f"{role.name}: option `{name}` has no description")
         if "default" in spec and spec["default"] != defaults[name]:
             problems.append(f"{role.name}: option `{name}` default differs from defaults/main.yml")
+    readme = role / "README.md"
+    readme_text = readme.read_text() if readme.exists() else ""
+    if not readme_text:
+        problems.append(f"{role.name}: missing README.md")
     for entry, spec in specs.items():
         if not isinstance(spec, dict) or "short_description" not in spec:
             problems.append(f"{role.name}: entry point `{entry}` needs a short_description")
+            continue
+        for name in spec.get("options") or {}:
+            if readme_text and f"`{name}`" not in readme_text:
+                problems.append(f"{role.name}: README.md does not document `{name}` ({entry} entry point)")
     return problems
 
 

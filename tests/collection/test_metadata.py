@@ -28,6 +28,7 @@ def _role(tmp_path: Path, defaults: str, spec: str) -> Path:
     (role / "meta").mkdir()
     (role / "defaults" / "main.yml").write_text(defaults)
     (role / "meta" / "argument_specs.yml").write_text(spec)
+    (role / "README.md").write_text("| `demo_port` | 80 | port |\n")
     return role
 
 
@@ -50,6 +51,13 @@ def test_checker_reports_drift(tmp_path: Path) -> None:
     problems = check_argument_specs.check_role(role)
     assert any("demo_extra" in p and "does not list" in p for p in problems)
     assert any("demo_port" in p and "default differs" in p for p in problems)
+
+
+def test_checker_reports_undocumented_variables(tmp_path: Path) -> None:
+    role = _role(tmp_path, "demo_port: 80\n", SPEC)
+    (role / "README.md").write_text("# demo\nNo variables listed.\n")
+    problems = check_argument_specs.check_role(role)
+    assert problems == ["demo: README.md does not document `demo_port` (main entry point)"]
 
 
 def test_every_role_in_the_tree_passes() -> None:

@@ -36,6 +36,9 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 # Debian starts services on install where an init system runs; the tests start
 # their own throw-away instances, so keep the packaged ones from starting.
-printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+# A machine that already has a policy-rc.d keeps it, untouched.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -37,6 +37,11 @@ def main(junit_dir: str) -> int:
     if not reports or passed + failed == 0:
         print("no test ran", file=sys.stderr)
         return 1
+    if not (Path(junit_dir) / "pytest.xml").exists():
+        # pytest writes its report even when tests fail; no report means it
+        # crashed (e.g. a conftest that does not import): that is a failure.
+        print("pytest wrote no report (build/junit/pytest.xml): it did not run to the end", file=sys.stderr)
+        return 1
     return 1 if failed else 0
 
 

@@ -56,6 +56,11 @@ def test_the_monitoring_user_reads_but_cannot_write(app1: Host) -> None:
     assert "used_memory:" in info.stdout
     result = redis(app1, "SET", "x", "y", user="redis_exporter", password=REDIS_MONITORING_PASSWORD)
     assert "NOPERM" in result.stdout + result.stderr
+    clients = redis(app1, "CLIENT", "LIST", user="redis_exporter", password=REDIS_MONITORING_PASSWORD)
+    assert "addr=" in clients.stdout
+    for command in (["CLIENT", "PAUSE", "100", "WRITE"], ["CLIENT", "KILL", "USER", "paydrop"]):
+        refused = redis(app1, *command, user="redis_exporter", password=REDIS_MONITORING_PASSWORD)
+        assert "NOPERM" in refused.stdout + refused.stderr, command
 
 
 def test_memory_and_persistence_settings(redis1: Host) -> None:

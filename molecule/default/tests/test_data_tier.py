@@ -11,8 +11,10 @@ import shlex
 import testinfra.host
 from testinfra.utils.ansible_runner import AnsibleRunner
 
+from tests.support import testhosts
+
 testinfra_hosts = [
-    f"docker://{name}"
+    testhosts.spec(name)
     for name in AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("db_primary")
 ]
 

@@ -18,8 +18,10 @@ import pytest
 import testinfra.host
 from testinfra.utils.ansible_runner import AnsibleRunner
 
+from tests.support import testhosts
+
 testinfra_hosts = [
-    f"docker://{name}"
+    testhosts.spec(name)
     for name in AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("all")
 ]
 

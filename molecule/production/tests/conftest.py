@@ -12,6 +12,8 @@ from collections.abc import Callable
 import pytest
 import testinfra
 
+from tests.support import testhosts
+
 # TEST-ONLY credentials, the same as molecule/production/group_vars/all/test-only.yml.
 APP_PASSWORD = "test-only-app-password"
 MONITORING_PASSWORD = "test-only-monitoring-password"
@@ -21,7 +23,7 @@ CA_ON_CLIENT = "/tmp/paydrop-postgres-ca.crt"
 
 
 def _host(name: str) -> testinfra.host.Host:
-    return testinfra.get_host(f"docker://{name}")
+    return testinfra.get_host(testhosts.spec(name))
 
 
 @pytest.fixture(scope="session")

@@ -195,7 +195,8 @@ def live() -> tuple[Response, int]:
 @bp.get("/ready")
 def ready() -> tuple[Response, int]:
     checks, details, is_ready = _readiness()
-    body = jsonify(status="ready" if is_ready else "unready", checks=checks, **details)
+    body = jsonify(status="ready" if is_ready else "unready", version=current_app.config["APP_VERSION"],
+                   checks=checks, **details)
     return _no_store(body, 200 if is_ready else 503)
 
 

@@ -83,7 +83,7 @@ def test_liveness_touches_nothing(make_app: Callable[..., Any]) -> None:
 
 
 def test_health_has_the_seed_shape(make_app: Callable[..., Any]) -> None:
-    client = make_app().test_client()
+    client = make_app({"APP_VERSION": "1.2.3-test"}).test_client()
     _poll(lambda: client.get("/api/health").get_json()["checks"]["stripe"] == "healthy", 10)
 
     response = client.get("/api/health")
@@ -95,7 +95,10 @@ def test_health_has_the_seed_shape(make_app: Callable[..., Any]) -> None:
     assert body["environment"] == "test"
     assert body["checks"] == {"database": "healthy", "redis": "healthy",
                               "migrations": "healthy", "stripe": "healthy"}
-    assert client.get("/api/health/ready").status_code == 200
+    ready = client.get("/api/health/ready")
+    assert ready.status_code == 200
+    # The deploy playbook reads which release answered from here.
+    assert ready.get_json()["version"] == body["version"] == "1.2.3-test"
 
 
 def test_ready_needs_every_migration_this_release_ships(

@@ -59,3 +59,13 @@ def sql(host: testinfra.host.Host, query: str, db: str = "postgres", port: int =
 @pytest.fixture(scope="session")
 def psql() -> Callable[..., str]:
     return sql
+
+
+# `timeout` exits 124 when the connection attempt hangs: what a firewall drop
+# looks like (a refused or unresolvable target fails at once with 1 instead).
+TCP_DROPPED = 124
+
+
+def tcp_probe(client: testinfra.host.Host, target: str, port: int) -> int:
+    """Exit status of a TCP connect from `client` to target:port (0 = connected)."""
+    return client.run(f"timeout 3 bash -c 'exec 3<>/dev/tcp/{target}/{port}'").rc

@@ -154,6 +154,7 @@ def playbook(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
     ephemeral = Path(env["MOLECULE_EPHEMERAL_DIRECTORY"])
     env.setdefault("ANSIBLE_CONFIG", str(ephemeral / "ansible.cfg"))
     env["ANSIBLE_NOCOLOR"] = "1"
+    env["ANSIBLE_FORCE_COLOR"] = "0"
     env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
     argv = [str(Path(sys.executable).parent / "ansible-playbook"),
             "-i", str(Path(env["MOLECULE_INVENTORY_FILE"]).parent), str(SCENARIO_DIR / name), *extra]
@@ -161,7 +162,8 @@ def playbook(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def recap_changed(run: subprocess.CompletedProcess[str]) -> int:
-    match = re.search(r"staging1\s+:\s+ok=\d+\s+changed=(\d+)", run.stdout)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout)
+    match = re.search(r"staging1\s+:\s+ok=\d+\s+changed=(\d+)", plain)
     assert match, run.stdout[-3000:]
     return int(match.group(1))
 

@@ -538,3 +538,75 @@ def test_bad_configuration_fails_and_the_old_one_keeps_serving(host: testinfra.h
     assert master_and_workers(host)[0] == master
     assert edge("GET", "/nginx-health").status == 200
     assert edge("GET", "/").header("content-security-policy") == CSP
+
+
+# --- certificates (last: they replace the certificate the tests above trust) -------------
+
+
+def openssl(*argv: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *argv], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_certificate(work: Path, name: str) -> None:
+    """A P-256 key and a certificate for SERVER_NAME signed by a throwaway CA: <name>.key/.crt."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    if not (work / "ca.crt").exists():
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
+                "-subj", "/CN=Paydrop Edge Test CA", cwd=work)
+    (work / "san.ext").write_text(f"subjectAltName=DNS:{SERVER_NAME}\n")
+    openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={SERVER_NAME}",
+            cwd=work)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "30", "-extfile", "san.ext", cwd=work)
+
+
+def serial(host: testinfra.host.Host) -> str:
+    return host.check_output("openssl x509 -in /etc/nginx/tls/paydrop.crt -noout -serial")
+
+
+def test_operator_certificate_then_self_signed_again(
+    host: testinfra.host.Host, tmp_path: Path
+) -> None:
+    make_certificate(tmp_path, "leaf")
+    make_certificate(tmp_path, "other")
+    key = (tmp_path / "leaf.key").read_text()
+    chain = (tmp_path / "leaf.crt").read_text() + (tmp_path / "ca.crt").read_text()
+    provided = tmp_path / "provided.yml"
+    provided.write_text(json.dumps({"nginx_tls_certificate": chain, "nginx_tls_certificate_key": key}))
+    key_body = key.splitlines()[1]
+
+    # A key that is not the certificate's: refused before anything is written.
+    before = (serial(host), host.file("/etc/nginx/tls/paydrop.key").sha256sum)
+    mismatched = tmp_path / "mismatched.yml"
+    mismatched.write_text(json.dumps({"nginx_tls_certificate": chain,
+                                      "nginx_tls_certificate_key": (tmp_path / "other.key").read_text()}))
+    refused = playbook("edge.yml", "-e", f"@{mismatched}")
+    assert refused.returncode != 0
+    assert "is not the private key of the" in refused.stdout + refused.stderr
+    assert (serial(host), host.file("/etc/nginx/tls/paydrop.key").sha256sum) == before
+
+    run = playbook("edge.yml", "-e", f"@{provided}")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert key_body not in run.stdout + run.stderr
+    written = host.file("/etc/nginx/tls/paydrop.key")
+    assert (written.user, written.mode, written.content_string.strip()) == ("root", 0o600, key.strip())
+    site = host.file(SITE_CONF).content_string
+    assert "ssl_stapling on;" in site
+    assert "ssl_stapling_verify on;" in site
+    # Served with its chain: curl trusts only the throwaway CA.
+    verified = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(tmp_path / "ca.crt"),
+         "--resolve", f"{SERVER_NAME}:443:{address(host)}", f"https://{SERVER_NAME}/nginx-health"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert verified.stdout == "200", verified.stderr
+
+    # Back to self-signed; renew_days beyond its lifetime makes the next run renew it.
+    back = playbook("edge.yml")
+    assert back.returncode == 0, back.stdout[-3000:]
+    assert "ssl_stapling" not in host.file(SITE_CONF).content_string
+    sans = host.check_output("openssl x509 -in /etc/nginx/tls/paydrop.crt -noout -ext subjectAltName")
+    assert f"IP Address:{address(host)}" in sans
+    first = serial(host)
+    renewed = playbook("edge.yml", "-e", "nginx_tls_selfsigned_renew_days=400")
+    assert renewed.returncode == 0, renewed.stdout[-3000:]
+    assert serial(host) != first

@@ -220,6 +220,7 @@ def test_slot_ports_admit_only_load_balancers_and_monitoring(host: testinfra.hos
 
 @pytest.fixture(scope="module")
 def green_started(host: testinfra.host.Host) -> Iterator[dict[str, Any]]:
+    """Starts green with `slot`; yields blue as it was before (it must stay so)."""
     blue_before = inspect(host, "paydrop-blue")
     rc, output = entry_point("slot", app_slot_color="green", app_slot_version=VERSION)
     assert rc == 0, output[-3000:]
@@ -241,6 +242,26 @@ def test_slot_starts_the_idle_colour_and_leaves_the_other(
     assert json.loads(host.file(STATE_FILE).content_string)["active"] == "blue"
 
 
+def test_slot_recreates_a_slot_whose_secrets_changed(
+    host: testinfra.host.Host, green_started: dict[str, Any]
+) -> None:
+    secret = f"{SECRETS_DIR}/smtp-password"
+    original = host.check_output("cat %s", secret)
+    green_before = inspect(host, "paydrop-green")
+    host.check_output("chmod u+w %s && echo test-only-changed > %s && chmod u-w %s", secret, secret, secret)
+    try:
+        rc, output = entry_point("slot", app_slot_color="green", app_slot_version=VERSION)
+    finally:
+        host.check_output("chmod u+w %s && printf '%%s\\n' %s > %s && chmod u-w %s",
+                          secret, original, secret, secret)
+    assert rc == 0, output[-3000:]
+    green = inspect(host, "paydrop-green")
+    assert green["Id"] != green_before["Id"]
+    assert green["Config"]["Labels"]["org.paydrop.config"] != green_before["Config"]["Labels"]["org.paydrop.config"]
+    # The restored file gives back the fingerprint blue was started with.
+    assert inspect(host, "paydrop-blue")["Id"] == green_started["Id"]
+
+
 def test_stop_slot_refuses_the_active_colour(host: testinfra.host.Host, green_started: dict[str, Any]) -> None:
     rc, output = entry_point("stop_slot", app_slot_color="blue")
     assert rc != 0
@@ -253,3 +274,26 @@ def test_stop_slot_removes_the_idle_colour(host: testinfra.host.Host, green_star
     assert rc == 0, output[-3000:]
     assert host.run("docker inspect paydrop-green").rc != 0
     assert get(host, BLUE, "/api/health/ready")[0] == 200
+
+
+def test_slot_that_never_gets_ready_fails_with_its_logs(host: testinfra.host.Host) -> None:
+    # An address the host does not have: gunicorn cannot bind and exits.
+    blue_before = inspect(host, "paydrop-blue")
+    try:
+        rc, output = entry_point("slot", app_slot_color="green", app_slot_version=VERSION,
+                                 app_bind_address="192.0.2.1", app_ready_timeout="10")
+    finally:
+        host.run("docker rm -f paydrop-green")
+    assert rc != 0
+    assert "paydrop-green (release 0.1.0-molecule) did not answer 200" in output
+    assert "Cannot assign requested address" in output  # gunicorn's own words, from the log lines
+    assert inspect(host, "paydrop-blue")["Id"] == blue_before["Id"]
+    assert get(host, BLUE, "/api/health/ready")[0] == 200
+
+
+def test_missing_image_names_the_archive_to_build(host: testinfra.host.Host) -> None:
+    rc, output = entry_point("slot", app_slot_color="green", app_slot_version="0.0.0-nowhere")
+    assert rc != 0
+    assert "build/images/paydrop-0.0.0-nowhere.tar" in output
+    assert "make image-archive VERSION=0.0.0-nowhere" in output
+    assert host.run("docker inspect paydrop-green").rc != 0

@@ -111,10 +111,11 @@ def test_firewall_denies_inbound_by_default(host: testinfra.host.Host) -> None:
 
 def test_firewall_opens_only_declared_ports(host: testinfra.host.Host) -> None:
     # SSH; nginx's 80 and 443 (from anywhere); PostgreSQL and Redis, declared
-    # by their roles for the app and monitoring groups (staging1 itself on the
-    # all-in-one); and the test-only extra rules of molecule/default/host_vars:
-    # 5433 names a group without hosts (db_replica), so it stays closed.
-    assert accepted_input_ports(host) == {22, 80, 443, 5432, 6379, 8098, 9100}
+    # by their roles for the app and monitoring groups, and the app's slots for
+    # the lb and monitoring groups (staging1 itself on the all-in-one); and the
+    # test-only extra rules of molecule/default/host_vars: 5433 names a group
+    # without hosts (db_replica), so it stays closed.
+    assert accepted_input_ports(host) == {22, 80, 443, 5432, 6379, 8001, 8002, 8098, 9100}
 
 
 def test_every_public_listener_is_declared(host: testinfra.host.Host) -> None:

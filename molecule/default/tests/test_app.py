@@ -1,0 +1,299 @@
+"""The app role on staging1: blue runs the scenario's release, green is idle.
+
+Checks go through `docker exec` into the test host (testinfra's docker
+backend), and from this machine for the firewall. The entry points that
+playbooks/deploy.yml uses are driven with ansible-playbook against Molecule's
+inventory (molecule/default/entry_points.yml).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra.host
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+from tests.support import testhosts
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+testinfra_hosts = [testhosts.spec(name) for name in AnsibleRunner(INVENTORY).get_hosts("app")]
+
+VERSION = "0.1.0-molecule"
+BLUE, GREEN = 8001, 8002
+APP_UID = 10001
+SECRETS_DIR = "/etc/paydrop/secrets"
+ENV_FILE = "/etc/paydrop/app.env"
+STATE_FILE = "/etc/ansible/facts.d/paydrop_release.fact"
+# TEST-ONLY values from molecule/default/host_vars/staging1.yml.
+SECRET_VALUES = [
+    "test-only-app-password",
+    "test-only-redis-app-password",
+    "test-only-secret-key-for-molecule-0123456789",
+    "sk_test_test-only",
+    "whsec_test-only",
+]
+SECRET_SETTINGS = [
+    "SECRET_KEY", "DATABASE_URL", "DATABASE_REPLICA_URL", "REDIS_URL", "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "SMTP_PASSWORD",
+]
+ENTRY_POINTS = Path(__file__).resolve().parent.parent / "entry_points.yml"
+
+
+def private_address(host: testinfra.host.Host) -> str:
+    return [a for a in host.interface("eth0").addresses if ":" not in a][0]
+
+
+def inspect(host: testinfra.host.Host, container: str) -> dict[str, Any]:
+    return json.loads(host.check_output("docker inspect %s", container))[0]
+
+
+def get(host: testinfra.host.Host, port: int, path: str) -> tuple[int, dict[str, str], Any]:
+    """GET from inside the host (its own address: admitted as a monitoring host)."""
+    out = host.check_output("curl -sS -i --max-time 10 http://%s:%s%s", private_address(host), str(port), path)
+    head, _, body = out.replace("\r\n", "\n").partition("\n\n")
+    status = int(head.split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()[1:])}
+    try:
+        return status, headers, json.loads(body)
+    except ValueError:
+        return status, headers, body
+
+
+def entry_point(name: str, **extra: str) -> tuple[int, str]:
+    """Run one entry point; its exit code and its output (stdout and stderr) on one line."""
+    extra_vars = {"paydrop_entry_point": name, **extra}
+    result = subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, "-e", json.dumps(extra_vars), str(ENTRY_POINTS)],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
+    return result.returncode, " ".join((result.stdout + result.stderr).split())
+
+
+# --- the blue slot ----------------------------------------------------------------------------
+
+
+def test_blue_runs_the_release_on_the_host_network(host: testinfra.host.Host) -> None:
+    blue = inspect(host, "paydrop-blue")
+    assert blue["State"]["Running"]
+    assert blue["Config"]["Image"] == f"paydrop:{VERSION}"
+    assert blue["Config"]["Labels"]["org.paydrop.release"] == VERSION
+    assert blue["HostConfig"]["NetworkMode"] == "host"
+    assert blue["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert blue["HostConfig"]["ReadonlyRootfs"] is True
+    assert blue["HostConfig"]["CapDrop"] == ["ALL"]
+    assert blue["Config"]["User"] == f"{APP_UID}:{APP_UID}"
+    assert f"GUNICORN_BIND={private_address(host)}:{BLUE}" in blue["Config"]["Env"]
+    # The processes themselves, not just the configuration.
+    assert host.check_output("docker exec paydrop-blue id -u") == str(APP_UID)
+    listening = host.check_output("ss -Hltn 'sport = :%s' | awk '{print $4}'", str(BLUE)).split()
+    assert listening == [f"{private_address(host)}:{BLUE}"]
+
+
+def test_blue_is_healthy_for_docker(host: testinfra.host.Host) -> None:
+    for _ in range(30):
+        status = inspect(host, "paydrop-blue")["State"]["Health"]["Status"]
+        if status != "starting":
+            break
+        time.sleep(2)
+    assert status == "healthy"
+
+
+def test_green_does_not_run(host: testinfra.host.Host) -> None:
+    assert host.run("docker inspect paydrop-green").rc != 0
+
+
+def test_release_state_names_blue_active(host: testinfra.host.Host) -> None:
+    state = host.file(STATE_FILE)
+    assert (state.user, state.group, state.mode) == ("root", "root", 0o644)
+    assert json.loads(state.content_string) == {
+        "active": "blue", "previous": None, "slots": {"blue": VERSION, "green": None}}
+
+
+# --- settings and secrets ----------------------------------------------------------------------
+
+
+def test_secrets_are_files_for_the_app_only(host: testinfra.host.Host) -> None:
+    directory = host.file(SECRETS_DIR)
+    assert (directory.user, directory.gid, directory.mode) == ("root", APP_UID, 0o750)
+    names = host.check_output("ls %s", SECRETS_DIR).split()
+    assert "postgres-ca.crt" in names and "secret-key" in names and "database-url" in names
+    for name in names:
+        secret = host.file(f"{SECRETS_DIR}/{name}")
+        assert (secret.user, secret.gid, secret.mode) == ("root", APP_UID, 0o440), name
+
+
+def test_secrets_stay_out_of_the_environment(host: testinfra.host.Host) -> None:
+    env_file = host.file(ENV_FILE)
+    assert (env_file.user, env_file.group, env_file.mode) == ("root", "root", 0o600)
+    inspected = host.check_output("docker inspect paydrop-blue")
+    process_env = host.check_output("docker exec paydrop-blue cat /proc/1/environ | tr '\\0' '\\n'")
+    for text in (env_file.content_string, inspected, process_env):
+        for value in SECRET_VALUES:
+            assert value not in text
+    env = dict(line.split("=", 1) for line in process_env.splitlines() if "=" in line)
+    for setting in SECRET_SETTINGS:
+        assert setting not in env
+        assert env[f"{setting}_FILE"].startswith("/run/secrets/paydrop/")
+    mounts = {m["Destination"]: m for m in inspect(host, "paydrop-blue")["Mounts"]}
+    assert mounts["/run/secrets/paydrop"]["RW"] is False
+
+
+def test_database_url_verifies_the_server_by_its_address(host: testinfra.host.Host) -> None:
+    url = host.check_output("cat %s/database-url", SECRETS_DIR)
+    assert f"@{private_address(host)}:5432/paydrop?" in url
+    assert "sslmode=verify-full" in url
+    assert "sslrootcert=/run/secrets/paydrop/postgres-ca.crt" in url
+
+
+def test_assets_directory_is_shared_with_nginx(host: testinfra.host.Host) -> None:
+    # staging1 is also a load balancer: nginx (www-data) serves X-Accel-Redirect files.
+    assets = host.file("/var/lib/paydrop/assets")
+    assert (assets.uid, assets.group, assets.mode) == (APP_UID, "www-data", 0o2750)
+    env = host.file(ENV_FILE).content_string.splitlines()
+    assert "DOWNLOAD_ACCEL_PREFIX=/_protected/" in env
+    assert "STORAGE_LOCAL_DIR=/var/lib/paydrop/assets" in env
+
+
+# --- what the app answers ----------------------------------------------------------------------
+
+
+def test_blue_is_ready(host: testinfra.host.Host) -> None:
+    status, headers, body = get(host, BLUE, "/api/health/ready")
+    assert status == 200, body
+    assert body["status"] == "ready"
+    assert headers["x-release"] == VERSION
+
+
+def test_health_reports_stripe_down_without_losing_readiness(host: testinfra.host.Host) -> None:
+    # Stripe points at a port nothing answers (host_vars): reported, never fatal.
+    status, _, body = get(host, BLUE, "/api/health")
+    assert status == 200, body
+    assert body["status"] == "degraded"
+    assert body["version"] == VERSION
+    assert body["environment"] == "staging"
+    assert body["checks"]["database"] == "healthy"
+    assert body["checks"]["redis"] == "healthy"
+    assert body["checks"]["migrations"] == "healthy"
+    assert body["checks"]["stripe"] in ("unhealthy", "unknown")
+
+
+def test_metrics_answer_the_monitoring_host(host: testinfra.host.Host) -> None:
+    # staging1 is the monitoring host too: its address is in METRICS_ALLOWED_NETWORKS.
+    status, _, body = get(host, BLUE, "/metrics")
+    assert status == 200
+    assert "paydrop" in body
+
+
+def test_migrations_ran(host: testinfra.host.Host) -> None:
+    out = host.check_output("docker exec paydrop-blue paydrop db current")
+    # "schema version N (this release ships up to N)"
+    words = out.replace("(", " ").replace(")", " ").split()
+    current, shipped = int(words[2]), int(words[-1])
+    assert current == shipped > 0, out
+
+
+# --- firewall ---------------------------------------------------------------------------------
+
+
+def test_slot_ports_admit_only_load_balancers_and_monitoring(host: testinfra.host.Host) -> None:
+    rules = host.file("/etc/nftables.d/app.nft").content_string
+    for port in (BLUE, GREEN):
+        assert f"tcp dport {port} ip saddr {{ {private_address(host)} }} accept" in rules
+    # This machine is in no inventory group: its packets are dropped (a timeout,
+    # not a refusal), while SSH on the same address answers.
+    with pytest.raises(TimeoutError), socket.create_connection((private_address(host), BLUE), timeout=3):
+        pass
+    with socket.create_connection((private_address(host), 22), timeout=3):
+        pass
+
+
+# --- entry points of playbooks/deploy.yml -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def green_started(host: testinfra.host.Host) -> Iterator[dict[str, Any]]:
+    """Starts green with `slot`; yields blue as it was before (it must stay so)."""
+    blue_before = inspect(host, "paydrop-blue")
+    rc, output = entry_point("slot", app_slot_color="green", app_slot_version=VERSION)
+    assert rc == 0, output[-3000:]
+    yield blue_before
+    host.run("docker rm -f paydrop-green")
+
+
+def test_slot_starts_the_idle_colour_and_leaves_the_other(
+    host: testinfra.host.Host, green_started: dict[str, Any]
+) -> None:
+    green = inspect(host, "paydrop-green")
+    assert green["Config"]["Image"] == f"paydrop:{VERSION}"
+    status, headers, _ = get(host, GREEN, "/api/health/ready")
+    assert (status, headers["x-release"]) == (200, VERSION)
+    blue = inspect(host, "paydrop-blue")
+    assert blue["Id"] == green_started["Id"]
+    assert blue["State"]["StartedAt"] == green_started["State"]["StartedAt"]
+    # `slot` does not record anything: the deploy playbook writes the state.
+    assert json.loads(host.file(STATE_FILE).content_string)["active"] == "blue"
+
+
+def test_slot_recreates_a_slot_whose_secrets_changed(
+    host: testinfra.host.Host, green_started: dict[str, Any]
+) -> None:
+    secret = f"{SECRETS_DIR}/smtp-password"
+    original = host.check_output("cat %s", secret)
+    green_before = inspect(host, "paydrop-green")
+    host.check_output("chmod u+w %s && echo test-only-changed > %s && chmod u-w %s", secret, secret, secret)
+    try:
+        rc, output = entry_point("slot", app_slot_color="green", app_slot_version=VERSION)
+    finally:
+        host.check_output("chmod u+w %s && printf '%%s\\n' %s > %s && chmod u-w %s",
+                          secret, original, secret, secret)
+    assert rc == 0, output[-3000:]
+    green = inspect(host, "paydrop-green")
+    assert green["Id"] != green_before["Id"]
+    assert green["Config"]["Labels"]["org.paydrop.config"] != green_before["Config"]["Labels"]["org.paydrop.config"]
+    # The restored file gives back the fingerprint blue was started with.
+    assert inspect(host, "paydrop-blue")["Id"] == green_started["Id"]
+
+
+def test_stop_slot_refuses_the_active_colour(host: testinfra.host.Host, green_started: dict[str, Any]) -> None:
+    rc, output = entry_point("stop_slot", app_slot_color="blue")
+    assert rc != 0
+    assert "blue is the active colour" in output
+    assert inspect(host, "paydrop-blue")["State"]["Running"]
+
+
+def test_stop_slot_removes_the_idle_colour(host: testinfra.host.Host, green_started: dict[str, Any]) -> None:
+    rc, output = entry_point("stop_slot", app_slot_color="green")
+    assert rc == 0, output[-3000:]
+    assert host.run("docker inspect paydrop-green").rc != 0
+    assert get(host, BLUE, "/api/health/ready")[0] == 200
+
+
+def test_slot_that_never_gets_ready_fails_with_its_logs(host: testinfra.host.Host) -> None:
+    # An address the host does not have: gunicorn cannot bind and exits.
+    blue_before = inspect(host, "paydrop-blue")
+    try:
+        rc, output = entry_point("slot", app_slot_color="green", app_slot_version=VERSION,
+                                 app_bind_address="192.0.2.1", app_ready_timeout="10")
+    finally:
+        host.run("docker rm -f paydrop-green")
+    assert rc != 0
+    assert "paydrop-green (release 0.1.0-molecule) did not answer 200" in output
+    assert "Cannot assign requested address" in output  # gunicorn's own words, from the log lines
+    assert inspect(host, "paydrop-blue")["Id"] == blue_before["Id"]
+    assert get(host, BLUE, "/api/health/ready")[0] == 200
+
+
+def test_missing_image_names_the_archive_to_build(host: testinfra.host.Host) -> None:
+    rc, output = entry_point("slot", app_slot_color="green", app_slot_version="0.0.0-nowhere")
+    assert rc != 0
+    assert "build/images/paydrop-0.0.0-nowhere.tar" in output
+    assert "make image-archive VERSION=0.0.0-nowhere" in output
+    assert host.run("docker inspect paydrop-green").rc != 0

@@ -14,7 +14,7 @@ VERSION   ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-$(shell
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help venv system-deps lint test test-unit test-molecule hosts wheels image collection demo bench clean
+.PHONY: help venv system-deps lint test test-unit test-molecule hosts wheels image image-archive collection demo demo-down bench clean
 
 help:
 	@echo "make demo           install what is needed, start the sandbox, deploy the stack, print the shop's URL"
@@ -26,6 +26,8 @@ help:
 	@echo "make collection     build the paydrop.stack collection tarball"
 	@echo "make wheels         build the offline wheelhouse for the app image from app/requirements.lock"
 	@echo "make image          build the app image paydrop:$(VERSION) (no registry, no pip network)"
+	@echo "make image-archive  save it to build/images/paydrop-$(VERSION).tar, which the app role ships to hosts"
+	@echo "make demo-down      remove the sandbox's containers (its generated secrets stay in .sandbox/)"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -72,13 +74,25 @@ image: wheels
 	docker build -f app/Dockerfile --build-arg VERSION=$(VERSION) \
 	  --build-arg REVISION=$$(git rev-parse HEAD) -t paydrop:$(VERSION) .
 
+# What the app role copies to hosts that lack the image (no registry needed).
+image-archive: build/images/paydrop-$(VERSION).tar
+build/images/paydrop-$(VERSION).tar:
+	$(MAKE) --no-print-directory image VERSION=$(VERSION)
+	@mkdir -p build/images
+	docker save paydrop:$(VERSION) -o $@.tmp && mv $@.tmp $@
+
 collection: venv
 	@mkdir -p build
 	$(BIN)/ansible-galaxy collection build --force --output-path build .
 
-demo:
-	@echo "make demo arrives with the sandbox inventory (see README: 'Status')." >&2
-	@exit 1
+# The sandbox: the whole stack on one local test host, deployed with the real
+# playbooks (inventories/sandbox), paying through localstripe. Prints the URL.
+demo: system-deps venv
+	@$(MAKE) --no-print-directory image-archive VERSION=$(VERSION)
+	scripts/sandbox up $(VERSION)
+
+demo-down:
+	scripts/sandbox down
 
 clean:
 	rm -rf build

@@ -1,6 +1,6 @@
 """The public edge on staging1: nginx from the `Load balancer` play.
 
-The app's containers are not part of this scenario, so the upstream answers 502
+The app's real slots are stopped while these run (app_slots_stopped), so the upstream answers 502
 unless a test starts the small stand-in below on a slot port. HTTP and TLS
 checks connect from this machine to the test host's address on the scenario's
 Docker network, naming the host by --resolve/-servername as a browser would.
@@ -231,6 +231,24 @@ def fake_app(host: testinfra.host.Host) -> Iterator[None]:
     finally:
         for unit in units:
             host.run("systemctl stop %s", unit)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def app_slots_stopped(host: testinfra.host.Host) -> Iterator[None]:
+    """These checks are about nginx alone: the app role's real slots (which hold
+    the slot ports) stop for this module and start again after it, ready."""
+    slots = host.check_output("docker ps --filter label=org.paydrop.slot --format '{{.Names}}'").split()
+    for slot in slots:
+        host.check_output("docker stop -t 35 %s", slot)
+    try:
+        yield
+    finally:
+        for slot in slots:
+            host.check_output("docker start %s", slot)
+        for color, port in SLOT_PORTS.items():
+            if f"paydrop-{color}" in slots:
+                host.check_output("curl -sf --retry 60 --retry-all-errors --retry-delay 1 -o /dev/null "
+                                  "http://%s:%s/api/health/ready", address(host), str(port))
 
 
 # --- service and configuration -------------------------------------------------

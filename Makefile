@@ -14,7 +14,7 @@ VERSION   ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-$(shell
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help venv system-deps lint test test-unit test-molecule hosts wheels image image-archive collection demo demo-down bench clean
+.PHONY: help venv system-deps lint test test-unit test-molecule hosts wheels image image-archive collection demo demo-check demo-down bench clean
 
 help:
 	@echo "make demo           install what is needed, start the sandbox, deploy the stack, print the shop's URL"
@@ -27,6 +27,7 @@ help:
 	@echo "make wheels         build the offline wheelhouse for the app image from app/requirements.lock"
 	@echo "make image          build the app image paydrop:$(VERSION) (no registry, no pip network)"
 	@echo "make image-archive  save it to build/images/paydrop-$(VERSION).tar, which the app role ships to hosts"
+	@echo "make demo-check     buy a demo product in the running sandbox with headless Chromium"
 	@echo "make demo-down      remove the sandbox's containers (its generated secrets stay in .sandbox/)"
 
 system-deps:
@@ -90,6 +91,10 @@ collection: venv
 demo: system-deps venv
 	@$(MAKE) --no-print-directory image-archive VERSION=$(VERSION)
 	scripts/sandbox up $(VERSION)
+
+# A real browser buys a demo product in the running sandbox.
+demo-check:
+	scripts/sandbox check
 
 demo-down:
 	scripts/sandbox down

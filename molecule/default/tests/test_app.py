@@ -246,14 +246,16 @@ def test_slot_recreates_a_slot_whose_secrets_changed(
     host: testinfra.host.Host, green_started: dict[str, Any]
 ) -> None:
     secret = f"{SECRETS_DIR}/smtp-password"
-    original = host.check_output("cat %s", secret)
+    # A byte-exact copy to put back (the file may be empty: no trailing newline
+    # may be added, or the next run of the role would see a changed secret).
+    backup = "/root/smtp-password.before-test"
+    host.check_output("cp -p %s %s", secret, backup)
     green_before = inspect(host, "paydrop-green")
     host.check_output("chmod u+w %s && echo test-only-changed > %s && chmod u-w %s", secret, secret, secret)
     try:
         rc, output = entry_point("slot", app_slot_color="green", app_slot_version=VERSION)
     finally:
-        host.check_output("chmod u+w %s && printf '%%s\\n' %s > %s && chmod u-w %s",
-                          secret, original, secret, secret)
+        host.check_output("cp -p %s %s && rm -f %s", backup, secret, backup)
     assert rc == 0, output[-3000:]
     green = inspect(host, "paydrop-green")
     assert green["Id"] != green_before["Id"]

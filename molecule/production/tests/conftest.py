@@ -69,3 +69,12 @@ TCP_DROPPED = 124
 def tcp_probe(client: testinfra.host.Host, target: str, port: int) -> int:
     """Exit status of a TCP connect from `client` to target:port (0 = connected)."""
     return client.run(f"timeout 3 bash -c 'exec 3<>/dev/tcp/{target}/{port}'").rc
+
+
+# Modules that change what the others look at (releases, stopped slots) run
+# last, whatever their names; the rest keep pytest's order.
+LAST_MODULES = ("test_zero_downtime.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: LAST_MODULES.index(item.path.name) + 1 if item.path.name in LAST_MODULES else 0)

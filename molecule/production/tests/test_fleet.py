@@ -1,0 +1,115 @@
+"""The converged fleet: one release truth, the edge serving the real name with
+the operator's certificate, product files shared through S3, and a dry run
+(--check --diff) of site.yml that changes nothing.
+
+Non-destructive: runs before the release and failure checks (test_release.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import pytest
+import urllib3
+
+from tests.support import fleet
+
+SLUG = "fleet-field-notes"
+PAYLOAD_BYTES = 300_000
+
+
+def test_every_app_host_records_the_same_first_release_and_the_lb_none() -> None:
+    expected = {"active": "blue", "previous": None, "slots": {"blue": fleet.FIRST, "green": None}}
+    assert [fleet.state(name) for name in fleet.APP_HOSTS] == [expected, expected]
+    # The load balancer keeps no opinion of its own about the live colour.
+    assert not fleet.host("lb1").file(fleet.STATE_FILE).exists
+    assert fleet.active_color() == "blue"
+
+
+def test_the_upstream_names_every_app_host_in_the_active_colour() -> None:
+    upstream = fleet.host("lb1").file(fleet.UPSTREAM).content_string
+    servers = [line.split()[1] for line in upstream.splitlines() if line.strip().startswith("server ")]
+    assert servers == [f"{fleet.private_address(name)}:8001" for name in fleet.APP_HOSTS]
+
+
+def test_the_shop_answers_by_its_name_with_the_operators_certificate() -> None:
+    """SNI and the certificate check name the shop; the connection goes to loopback."""
+    pool = urllib3.HTTPSConnectionPool(
+        "127.0.0.1", fleet.published_https_port(), server_hostname=fleet.SERVER_NAME,
+        assert_hostname=fleet.SERVER_NAME, cert_reqs="CERT_REQUIRED", ca_certs=str(fleet.CA_FILE), retries=False)
+    answer = pool.request("GET", "/", headers={"Host": fleet.SERVER_NAME})
+    assert answer.status == 200
+    assert "strict-transport-security" in {k.lower() for k in answer.headers}
+    with socket.create_connection(("127.0.0.1", fleet.published_https_port()), timeout=10) as raw, \
+            ssl.create_default_context(cafile=str(fleet.CA_FILE)).wrap_socket(
+                raw, server_hostname=fleet.SERVER_NAME) as tls:
+        names = [value for kind, value in tls.getpeercert()["subjectAltName"] if kind == "DNS"]
+    assert names == [fleet.SERVER_NAME]
+
+
+def test_plain_http_redirects_to_the_shops_name() -> None:
+    headers = fleet.host("lb1").check_output(
+        "curl -s -o /dev/null -D - -H 'Host: lb1' http://127.0.0.1/products/x?y=1")
+    assert "301" in headers.splitlines()[0]
+    assert f"location: https://{fleet.SERVER_NAME}/products/x?y=1" in headers.lower()
+
+
+def test_a_name_the_shop_does_not_serve_gets_421() -> None:
+    status = fleet.host("lb1").check_output(
+        "curl -sk -o /dev/null -w '%%{http_code}' --resolve evil.test:443:127.0.0.1 https://evil.test/")
+    assert status == "421"
+
+
+@pytest.fixture(scope="module")
+def product_token() -> str:
+    """A product added on app1 (its file goes to S3), and a token of a paid order for it."""
+    app1 = fleet.host("app1")
+    color = fleet.state("app1")["active"]
+    path = f"/var/lib/paydrop/assets/{SLUG}.bin"
+    app1.check_output(f"head -c {PAYLOAD_BYTES} /dev/urandom > {path} && chown 10001:10001 {path}")
+    listed = app1.check_output(f"docker exec paydrop-{color} paydrop products list")
+    if SLUG not in listed:
+        app1.check_output(f"docker exec paydrop-{color} paydrop products add --slug {SLUG} "
+                          f"--title 'Fleet field notes' --price 1.00 --file {path}")
+    return fleet.download_token(SLUG)
+
+
+@pytest.mark.parametrize("name", fleet.APP_HOSTS)
+def test_a_product_file_downloads_through_either_app_host(name: str, product_token: str) -> None:
+    """Asked from the load balancer (the firewall lets lb1 reach the slots), each app host
+    serves the file app1 stored: it is in the bucket, not on app1's disk."""
+    address = fleet.private_address(name)
+    color = fleet.state(name)["active"]
+    port = 8001 if color == "blue" else 8002
+    out = fleet.host("lb1").check_output(
+        f"curl -s -o /tmp/fleet-download -w '%%{{http_code}} %%{{size_download}}' "
+        f"-H 'Host: {fleet.SERVER_NAME}' -H 'X-Forwarded-Proto: https' "
+        f"http://{address}:{port}/downloads/{product_token}")
+    assert out == f"200 {PAYLOAD_BYTES}"
+    stored = fleet.host("app1").check_output(f"sha256sum < /var/lib/paydrop/assets/{SLUG}.bin")
+    assert fleet.host("lb1").check_output("sha256sum < /tmp/fleet-download") == stored
+    # Nothing of it on app2's disk: the bytes came from S3.
+    assert not fleet.host("app2").file(f"/var/lib/paydrop/assets/{SLUG}.bin").exists
+
+
+def test_a_dry_run_of_site_yml_changes_nothing_and_fails_nowhere() -> None:
+    result = fleet.playbook("site.yml", "--check", "--diff")
+    assert result.returncode == 0, fleet.output(result)
+    counts = fleet.recap(result)
+    assert set(counts) >= {"lb1", "app1", "app2", "db1", "db2", "redis1"}, counts
+    assert {h: c["changed"] for h, c in counts.items() if c["changed"]} == {}, fleet.changed_tasks(result)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("app_public_url=https://shop.example.com", "production needs the shop's public name in nginx_server_name"),
+    ("app_stripe_publishable_key=pk_live_REPLACE-WITH-THE-ACCOUNT-KEY",
+     "still hold the example inventory's placeholders"),
+])
+def test_a_placeholder_left_in_the_inventory_stops_every_host_before_any_change(extra: str, message: str) -> None:
+    result = fleet.playbook("site.yml", "-e", extra)
+    assert result.returncode != 0
+    assert message in fleet.output(result, tail=50000)
+    counts = fleet.recap(result)
+    assert set(counts) >= {"lb1", "app1", "app2", "db1", "db2", "redis1"}, counts
+    assert {h: c["changed"] for h, c in counts.items()} == {h: 0 for h in counts}, fleet.changed_tasks(result)

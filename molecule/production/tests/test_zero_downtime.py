@@ -1,0 +1,168 @@
+"""Releases and failures on the fleet, each under steady load through the load
+balancer (about 50 requests/s from the control node to lb1's HTTPS port on
+127.0.0.1: catalog page, product page, readiness, a download), with the counts
+printed:
+
+1. deploy.yml releases NEXT: no failed request; readiness flips to NEXT;
+   migrations run once for the fleet.
+2. --tags rollback: the same, back to FIRST; a second rollback changes nothing.
+3. A release that never gets ready on app2 only: the playbook fails naming
+   app2, the load balancer never switches, no failed request.
+4. A secret rotated through site.yml: the app hosts restart one at a time,
+   no failed request.
+5. app2's slot stopped under load: at most a handful of failed requests, none
+   once nginx has marked it down; started again, app2 takes traffic again.
+
+Destructive (releases, stops app2's slot): runs after the other modules
+(conftest.py orders them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import fleet
+from tests.support.load import READY_PATH, Load
+
+NEXT = "0.1.0-molecule-next"
+BROKEN_ON_APP2 = "0.1.0-molecule-broken-on-app2"
+SLUG = "fleet-field-notes"
+ROTATED = "whsec_rotated-test-only"
+
+
+@pytest.fixture(scope="module")
+def paths() -> list[str]:
+    """The load's mix; the download needs the product test_fleet.py added."""
+    products = fleet.sql(f"SELECT count(*) FROM products WHERE slug = '{SLUG}'")
+    assert products == "1", "test_fleet.py adds the product the load downloads"
+    token = fleet.download_token(SLUG)
+    return ["/", f"/products/{SLUG}", READY_PATH, f"/downloads/{token}"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def releases() -> None:
+    fleet.build_release(NEXT)
+    fleet.build_release(BROKEN_ON_APP2, broken_on=("app2",))
+
+
+def load(paths: list[str]) -> Load:
+    return Load("127.0.0.1", fleet.published_https_port(), fleet.SERVER_NAME, str(fleet.CA_FILE), paths,
+                rate=50, threads=10, max_seconds=900)
+
+
+@pytest.fixture
+def under_load(paths: list[str]) -> Iterator[Load]:
+    generator = load(paths)
+    with generator:
+        time.sleep(3)  # the load is steady before the action starts
+        yield generator
+        time.sleep(3)  # and keeps going a little after it ended
+    print(f"\nload: {generator.report()}")
+
+
+def test_deploy_under_load_switches_without_a_failed_request(under_load: Load) -> None:
+    result = fleet.playbook("deploy.yml", "-e", f"app_version={NEXT}")
+    assert result.returncode == 0, fleet.output(result)
+    time.sleep(2)
+
+    assert under_load.failures() == []
+    assert under_load.versions() == [fleet.FIRST, NEXT]
+    assert [fleet.state(name)["active"] for name in fleet.APP_HOSTS] == ["green", "green"]
+    assert fleet.active_color() == "green"
+    # Migrations run once for the fleet, not once per app host.
+    assert len(fleet.task_hosts(result, "Apply the release's database migrations")) == 1
+
+
+def test_rollback_under_load_switches_back_and_a_retry_changes_nothing(under_load: Load) -> None:
+    result = fleet.playbook("deploy.yml", "--tags", "rollback")
+    assert result.returncode == 0, fleet.output(result)
+    time.sleep(2)
+    assert under_load.failures() == []
+    assert under_load.versions() == [NEXT, fleet.FIRST]
+    assert fleet.active_color() == "blue"
+    expected = {"active": "blue", "previous": "green", "slots": {"blue": fleet.FIRST, "green": NEXT},
+                "rolled_back_from": NEXT}
+    assert [fleet.state(name) for name in fleet.APP_HOSTS] == [expected, expected]
+
+    again = fleet.playbook("deploy.yml", "--tags", "rollback")
+    assert again.returncode == 0, fleet.output(again)
+    assert "Nothing to roll back" in fleet.output(again)
+    assert all(c["changed"] == 0 for c in fleet.recap(again).values()), fleet.changed_tasks(again)
+    assert fleet.active_color() == "blue"
+    assert [fleet.state(name) for name in fleet.APP_HOSTS] == [expected, expected]
+
+
+def test_site_yml_after_the_rollback_keeps_it_and_changes_nothing() -> None:
+    result = fleet.playbook("site.yml")
+    assert result.returncode == 0, fleet.output(result)
+    assert all(c["changed"] == 0 for c in fleet.recap(result).values()), fleet.changed_tasks(result)
+    assert fleet.active_color() == "blue"
+
+
+def test_a_release_unready_on_app2_only_never_switches(under_load: Load) -> None:
+    before = fleet.host("lb1").file(fleet.UPSTREAM).content_string
+    states = [fleet.state(name) for name in fleet.APP_HOSTS]
+
+    result = fleet.playbook("deploy.yml", "-e", f"app_version={BROKEN_ON_APP2}", "-e", "app_ready_timeout=20")
+    assert result.returncode != 0
+    text = fleet.output(result, tail=50000)
+    assert f"app2: paydrop-green (release {BROKEN_ON_APP2}) did not answer 200" in text
+    # Nothing shared changed: the upstream, the colour, every host's state.
+    assert fleet.host("lb1").file(fleet.UPSTREAM).content_string == before
+    assert fleet.active_color() == "blue"
+    assert [fleet.state(name) for name in fleet.APP_HOSTS] == states
+    assert "Point the upstream at the new colour" not in result.stdout
+    assert under_load.failures() == []
+    assert under_load.versions() == [fleet.FIRST]
+
+
+def test_a_rotated_secret_restarts_one_app_host_at_a_time_without_a_failed_request(under_load: Load) -> None:
+    started = {name: fleet.host(name).check_output("docker inspect -f '{{.State.StartedAt}}' paydrop-blue")
+               for name in fleet.APP_HOSTS}
+    result = fleet.playbook("site.yml", "--tags", "app", "-e", f"vault_app_stripe_webhook_secret={ROTATED}")
+    assert result.returncode == 0, fleet.output(result)
+    time.sleep(2)
+    assert under_load.failures() == []
+    restarted = {name: fleet.host(name).check_output("docker inspect -f '{{.State.StartedAt}}' paydrop-blue")
+                 for name in fleet.APP_HOSTS}
+    assert all(restarted[name] != started[name] for name in fleet.APP_HOSTS), (started, restarted)
+    # One host at a time: app2's slot started after app1's was ready again.
+    assert restarted["app1"] < restarted["app2"]
+    secret = fleet.host("app2").check_output("cat /etc/paydrop/secrets/stripe-webhook-secret")
+    assert secret == ROTATED
+
+
+def upstream_of(name: str) -> str:
+    return f"{fleet.private_address(name)}:8001"
+
+
+def test_app2_stopped_under_load_costs_a_handful_of_requests_and_it_returns(paths: list[str]) -> None:
+    app2 = fleet.host("app2")
+    with load(paths) as generator:
+        time.sleep(3)
+        stopped_at = generator.elapsed()
+        app2.check_output("docker stop paydrop-blue")
+        # nginx marks it down after max_fails (3) within fail_timeout (10 s).
+        time.sleep(15)
+        marked_down_by = stopped_at + 12
+        during = generator.failures(since=stopped_at)
+        app2.check_output("docker start paydrop-blue")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if app2.run("curl -sf http://%s/api/health/ready", upstream_of("app2")).rc == 0:
+                break
+            time.sleep(1)
+        back_at = generator.elapsed()
+        time.sleep(20)  # past fail_timeout: nginx tries app2 again
+    print(f"\nload: {generator.report()}; failed while app2 was down: {len(during)}")
+
+    assert len(during) <= 5, during[:10]
+    assert generator.failures(since=marked_down_by) == [], generator.failures(since=marked_down_by)[:10]
+    log = fleet.host("lb1").check_output("tail -n 400 /var/log/nginx/access.log")
+    recent = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(entry["upstream_addr"] == upstream_of("app2") and entry["status"] == 200 for entry in recent[-200:]), \
+        f"app2 ({upstream_of('app2')}) took no traffic after it came back at {back_at:.0f} s"

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
@@ -124,3 +125,45 @@ def test_unknown_size_is_refused(results: Results) -> None:
     assert result.returncode != 0, output
     assert f"Preflight failed on {HOST}: it must declare paydrop_server_size" in output
     assert "it declares vps_tiny" in output
+
+
+def test_a_missing_size_is_refused_naming_the_host(tmp_path: Path) -> None:
+    """No paydrop_server_size at all: refused, never tuned from the machine's own facts."""
+    result = _run(tmp_path, PLAYBOOK, f"{HOST} ansible_connection=local ansible_python_interpreter={sys.executable}\n",
+                  {"paydrop_server_sizes": CATALOGUE})
+    output = squashed(result)
+    assert result.returncode != 0, output
+    assert f"Preflight failed on {HOST}: it must declare paydrop_server_size" in output
+    assert "it declares nothing" in output
+
+
+def test_one_undersized_host_stops_every_host_before_any_change(tmp_path: Path) -> None:
+    """site.yml's own preflight play (any_errors_fatal), then a play that would change
+    something: with one of two hosts too small, neither host reaches the change."""
+    site = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())
+    preflight = next(play for play in site if play["name"] == "Preflight on every host")
+    preflight = {**preflight, "become": False}
+    marker = tmp_path / "changed-{{ inventory_hostname }}"
+    change = {"name": "A change after the preflight", "hosts": "all", "gather_facts": False,
+              "tasks": [{"name": "Leave a marker", "ansible.builtin.file": {"path": str(marker), "state": "touch",
+                                                                            "mode": "0644"}}]}
+    inventory = "".join(
+        f"{name} ansible_connection=local ansible_python_interpreter={sys.executable} paydrop_server_size={size}\n"
+        for name, size in (("fits-host", "test_tiny"), ("too-small-host", "test_huge")))
+    result = _run(tmp_path, yaml.safe_dump([preflight, change]), inventory, {"paydrop_server_sizes": CATALOGUE})
+    output = squashed(result)
+    assert result.returncode != 0, output
+    assert "Preflight failed on too-small-host" in output
+    assert sorted(p.name for p in tmp_path.glob("changed-*")) == []
+
+
+def _run(workdir: Path, playbook: str, inventory: str,
+         extra_vars: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    (workdir / "playbook.yml").write_text(playbook)
+    (workdir / "hosts.ini").write_text(inventory)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               PATH=f"{ANSIBLE_PLAYBOOK.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(workdir / "hosts.ini"), str(workdir / "playbook.yml"),
+         "-e", json.dumps(extra_vars)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)

@@ -136,3 +136,34 @@ def download_token(slug: str, max_downloads: int = 1000000) -> str:
         "INSERT INTO download_grants (order_id, expires_at, max_downloads) "  # noqa: S608
         f"VALUES ('{order_id}', now() + interval '1 day', {int(max_downloads)}) RETURNING id").splitlines()[0]
     return make_token(SECRET_KEY, grant_id)
+
+
+def readme_commands() -> list[list[str]]:
+    """The ansible-playbook commands of the README's "Deploy to your own servers", as an operator
+    types them, adapted to the scenario: its inventory instead of inventories/production, no vault
+    prompt (the scenario's stand-in secrets are plain group_vars)."""
+    text = (PROJECT / "README.md").read_text()
+    section = text.split("## Deploy to your own servers", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for line in section.splitlines():
+        if not line.strip().split(" ", 1)[0].endswith("ansible-playbook"):
+            continue
+        words = shlex.split(line.strip(), comments=True)
+        args, skip = [], False
+        for word in words[1:]:
+            if skip:
+                skip = False
+            elif word == "-i":
+                skip = True
+            elif word != "--ask-vault-pass":
+                args.append(word)
+        commands.append(args)
+    return commands
+
+
+def readme_playbook(command: list[str], **versions: str) -> subprocess.CompletedProcess[str]:
+    """Run one README command (from readme_commands) with its example versions replaced."""
+    args = [versions.get(arg, arg) for arg in command]
+    playbook_path = Path(args[0])
+    assert playbook_path.parts[0] == "playbooks", args
+    return playbook(playbook_path.name, *args[1:])

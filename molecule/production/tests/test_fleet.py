@@ -113,3 +113,32 @@ def test_a_placeholder_left_in_the_inventory_stops_every_host_before_any_change(
     counts = fleet.recap(result)
     assert set(counts) >= {"lb1", "app1", "app2", "db1", "db2", "redis1"}, counts
     assert {h: c["changed"] for h, c in counts.items()} == {h: 0 for h in counts}, fleet.changed_tasks(result)
+
+
+def test_deploy_refuses_a_limit_that_leaves_out_fleet_hosts() -> None:
+    before = [fleet.state(name) for name in fleet.APP_HOSTS]
+    result = fleet.playbook("deploy.yml", "-e", "app_version=0.1.0-anything", "--limit", "app1,lb1")
+    assert result.returncode != 0
+    assert "app2 is left out of this run (--limit, or unreachable)" in fleet.output(result)
+    assert [fleet.state(name) for name in fleet.APP_HOSTS] == before
+    assert all(c["changed"] == 0 for c in fleet.recap(result).values()), fleet.changed_tasks(result)
+
+
+def test_deploy_refuses_an_empty_version() -> None:
+    result = fleet.playbook("deploy.yml", "-e", "app_version=")
+    assert result.returncode != 0
+    assert "Say which release to deploy: -e app_version=<version>" in fleet.output(result)
+
+
+def test_a_release_without_an_image_is_refused_before_anything_changes() -> None:
+    before = [fleet.state(name) for name in fleet.APP_HOSTS]
+    upstream = fleet.host("lb1").file(fleet.UPSTREAM).content_string
+
+    result = fleet.playbook("deploy.yml", "-e", "app_version=0.0.0-nowhere")
+
+    assert result.returncode != 0
+    assert "make image-archive" in fleet.output(result)
+    assert [fleet.state(name) for name in fleet.APP_HOSTS] == before
+    assert fleet.host("lb1").file(fleet.UPSTREAM).content_string == upstream
+    assert [fleet.running_release(name, before[0]["active"]) for name in fleet.APP_HOSTS] == \
+        [f"true {fleet.FIRST}"] * 2

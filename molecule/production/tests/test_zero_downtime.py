@@ -64,8 +64,12 @@ def under_load(paths: list[str]) -> Iterator[Load]:
     print(f"\nload: {generator.report()}")
 
 
+# The README's commands ("Deploy to your own servers"), as an operator types them.
+SITE, DEPLOY, ROLLBACK, ROLLBACK_TO = fleet.readme_commands()
+
+
 def test_deploy_under_load_switches_without_a_failed_request(under_load: Load) -> None:
-    result = fleet.playbook("deploy.yml", "-e", f"app_version={NEXT}")
+    result = fleet.readme_playbook(DEPLOY, **{"app_version=1.4.0": f"app_version={NEXT}"})
     assert result.returncode == 0, fleet.output(result)
     time.sleep(2)
 
@@ -78,7 +82,7 @@ def test_deploy_under_load_switches_without_a_failed_request(under_load: Load) -
 
 
 def test_rollback_under_load_switches_back_and_a_retry_changes_nothing(under_load: Load) -> None:
-    result = fleet.playbook("deploy.yml", "--tags", "rollback")
+    result = fleet.readme_playbook(ROLLBACK)
     assert result.returncode == 0, fleet.output(result)
     time.sleep(2)
     assert under_load.failures() == []
@@ -88,7 +92,7 @@ def test_rollback_under_load_switches_back_and_a_retry_changes_nothing(under_loa
                 "rolled_back_from": NEXT}
     assert [fleet.state(name) for name in fleet.APP_HOSTS] == [expected, expected]
 
-    again = fleet.playbook("deploy.yml", "--tags", "rollback")
+    again = fleet.readme_playbook(ROLLBACK)
     assert again.returncode == 0, fleet.output(again)
     assert "Nothing to roll back" in fleet.output(again)
     assert all(c["changed"] == 0 for c in fleet.recap(again).values()), fleet.changed_tasks(again)
@@ -96,11 +100,23 @@ def test_rollback_under_load_switches_back_and_a_retry_changes_nothing(under_loa
     assert [fleet.state(name) for name in fleet.APP_HOSTS] == [expected, expected]
 
 
-def test_site_yml_after_the_rollback_keeps_it_and_changes_nothing() -> None:
-    result = fleet.playbook("site.yml")
+def test_a_rollback_to_a_release_that_is_not_kept_is_refused() -> None:
+    before = [fleet.state(name) for name in fleet.APP_HOSTS]
+    result = fleet.readme_playbook(ROLLBACK_TO)  # 1.3.2: no slot holds it
+    assert result.returncode != 0
+    assert "release 1.3.2 is not one of the two kept" in fleet.output(result)
+    assert [fleet.state(name) for name in fleet.APP_HOSTS] == before
+    assert fleet.active_color() == "blue"
+
+
+def test_the_readmes_site_yml_after_the_rollback_keeps_it_and_changes_nothing() -> None:
+    """The first-run command of the README, run again on a live fleet: its app_version is
+    ignored (the app hosts' state decides), nothing changes."""
+    result = fleet.readme_playbook(SITE, **{"app_version=1.4.0": f"app_version={NEXT}"})
     assert result.returncode == 0, fleet.output(result)
     assert all(c["changed"] == 0 for c in fleet.recap(result).values()), fleet.changed_tasks(result)
     assert fleet.active_color() == "blue"
+    assert [fleet.state(name)["active"] for name in fleet.APP_HOSTS] == ["blue", "blue"]
 
 
 def test_a_release_unready_on_app2_only_never_switches(under_load: Load) -> None:

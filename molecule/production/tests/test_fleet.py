@@ -142,3 +142,14 @@ def test_a_release_without_an_image_is_refused_before_anything_changes() -> None
     assert fleet.host("lb1").file(fleet.UPSTREAM).content_string == upstream
     assert [fleet.running_release(name, before[0]["active"]) for name in fleet.APP_HOSTS] == \
         [f"true {fleet.FIRST}"] * 2
+
+
+@pytest.mark.parametrize("name", fleet.APP_HOSTS)
+def test_every_app_host_runs_the_worker_with_the_active_release(name: str) -> None:
+    app = fleet.host(name)
+    state = fleet.state(name)
+    fmt = ("'{{.State.Running}} {{.Config.User}} {{.HostConfig.ReadonlyRootfs}} "
+           "{{index .Config.Labels \"org.paydrop.release\"}} {{json .Config.Cmd}}'")
+    assert app.check_output(f"docker inspect --format {fmt} paydrop-worker") == \
+        f'true 10001:10001 true {state["slots"][state["active"]]} ["paydrop","worker"]'
+    assert "worker started" in app.check_output("docker logs paydrop-worker 2>&1")

@@ -182,3 +182,22 @@ def test_app2_stopped_under_load_costs_a_handful_of_requests_and_it_returns(path
     recent = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert any(entry["upstream_addr"] == upstream_of("app2") and entry["status"] == 200 for entry in recent[-200:]), \
         f"app2 ({upstream_of('app2')}) took no traffic after it came back at {back_at:.0f} s"
+
+
+def test_a_restart_only_setting_restarts_primary_then_replica_never_both() -> None:
+    """shared_buffers applies at start-up only: both servers restart, the replica only
+    after the primary is up again."""
+    def started(name: str) -> tuple[int, int]:
+        out = fleet.host(name).check_output(
+            "systemctl show -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic postgresql@15-main")
+        values = dict(line.split("=", 1) for line in out.splitlines())
+        return int(values["ExecMainStartTimestampMonotonic"]), int(values["ActiveEnterTimestampMonotonic"])
+
+    before = {name: started(name) for name in ("db1", "db2")}
+    result = fleet.playbook("site.yml", "--tags", "db", "-e", "postgres_shared_buffers_mb=1000")
+    assert result.returncode == 0, fleet.output(result)
+    after = {name: started(name) for name in ("db1", "db2")}
+    assert all(after[name] != before[name] for name in after), (before, after)
+    # Same kernel (containers of one machine): monotonic clocks compare.
+    assert after["db2"][0] >= after["db1"][1], after
+    assert fleet.sql("SHOW shared_buffers") == "1000MB"

@@ -9,22 +9,18 @@ inventory (molecule/default/entry_points.yml).
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import testinfra.host
-from testinfra.utils.ansible_runner import AnsibleRunner
 
-from tests.support import testhosts
+from tests.support import scenario
+from tests.support.scenario import private_address
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-testinfra_hosts = [testhosts.spec(name) for name in AnsibleRunner(INVENTORY).get_hosts("app")]
+testinfra_hosts = scenario.hosts_of("app")
 
 VERSION = "0.1.0-molecule"
 BLUE, GREEN = 8001, 8002
@@ -47,10 +43,6 @@ SECRET_SETTINGS = [
 ENTRY_POINTS = Path(__file__).resolve().parent.parent / "entry_points.yml"
 
 
-def private_address(host: testinfra.host.Host) -> str:
-    return [a for a in host.interface("eth0").addresses if ":" not in a][0]
-
-
 def inspect(host: testinfra.host.Host, container: str) -> dict[str, Any]:
     return json.loads(host.check_output("docker inspect %s", container))[0]
 
@@ -67,14 +59,11 @@ def get(host: testinfra.host.Host, port: int, path: str) -> tuple[int, dict[str,
         return status, headers, body
 
 
-def entry_point(name: str, **extra: str) -> tuple[int, str]:
+def entry_point(name: str, *args: str, **extra: Any) -> tuple[int, str]:
     """Run one entry point; its exit code and its output (stdout and stderr) on one line."""
     extra_vars = {"paydrop_entry_point": name, **extra}
-    result = subprocess.run(
-        ["ansible-playbook", "-i", INVENTORY, "-e", json.dumps(extra_vars), str(ENTRY_POINTS)],
-        capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
-    return result.returncode, " ".join((result.stdout + result.stderr).split())
+    result = scenario.playbook(ENTRY_POINTS, "-e", json.dumps(extra_vars), *args, timeout=600)
+    return result.returncode, scenario.output(result)
 
 
 # --- the blue slot ----------------------------------------------------------------------------
@@ -98,12 +87,27 @@ def test_blue_runs_the_release_on_the_host_network(host: testinfra.host.Host) ->
 
 
 def test_blue_is_healthy_for_docker(host: testinfra.host.Host) -> None:
-    for _ in range(30):
+    def settled() -> str:
         status = inspect(host, "paydrop-blue")["State"]["Health"]["Status"]
-        if status != "starting":
-            break
-        time.sleep(2)
-    assert status == "healthy"
+        return "" if status == "starting" else status
+    assert scenario.wait_until(settled, "paydrop-blue's health check", timeout=60, interval=2) == "healthy"
+
+
+def test_slots_are_hardened(host: testinfra.host.Host) -> None:
+    blue = inspect(host, "paydrop-blue")
+    assert blue["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
+    assert blue["HostConfig"]["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=64m"}
+    # gunicorn's graceful timeout fits in it: `docker stop` drains, then kills.
+    assert blue["Config"]["StopTimeout"] == 35
+    # In effect for the process itself, not only in the configuration.
+    status = host.check_output("docker exec paydrop-blue cat /proc/1/status")
+    assert "NoNewPrivs:\t1" in status
+    assert "CapEff:\t0000000000000000" in status
+    mounts = host.check_output("docker exec paydrop-blue cat /proc/mounts").splitlines()
+    tmp = [line.split() for line in mounts if line.split()[1] == "/tmp"]
+    assert tmp and tmp[0][2] == "tmpfs" and {"nosuid", "nodev"} <= set(tmp[0][3].split(","))
+    root = [line.split() for line in mounts if line.split()[1] == "/"]
+    assert "ro" in root[0][3].split(",")
 
 
 def test_green_does_not_run(host: testinfra.host.Host) -> None:
@@ -187,9 +191,24 @@ def test_health_reports_stripe_down_without_losing_readiness(host: testinfra.hos
 
 def test_metrics_answer_the_monitoring_host(host: testinfra.host.Host) -> None:
     # staging1 is the monitoring host too: its address is in METRICS_ALLOWED_NETWORKS.
-    status, _, body = get(host, BLUE, "/metrics")
+    get(host, BLUE, "/api/health/ready")
+    status, headers, body = get(host, BLUE, "/metrics")
     assert status == 200
-    assert "paydrop" in body
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "# TYPE paydrop_http_requests_total counter" in body
+    assert 'paydrop_http_requests_total{endpoint="health.ready",method="GET",status="200"}' in body
+
+
+def test_metrics_refuse_a_source_outside_the_monitoring_networks(host: testinfra.host.Host) -> None:
+    # From Docker's bridge address on the same host: not a monitoring host.
+    bridge = host.check_output("ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1")
+    assert bridge and bridge != private_address(host)
+    answer = host.check_output("curl -sS -o /dev/null -w '%%{http_code}' --max-time 10 --interface %s "
+                               "http://%s:%s/metrics", bridge, private_address(host), str(BLUE))
+    assert answer == "404"
+    allowed = host.check_output("curl -sS -o /dev/null -w '%%{http_code}' --max-time 10 --interface %s "
+                                "http://%s:%s/metrics", private_address(host), private_address(host), str(BLUE))
+    assert allowed == "200"
 
 
 def test_migrations_ran(host: testinfra.host.Host) -> None:
@@ -299,3 +318,40 @@ def test_missing_image_names_the_archive_to_build(host: testinfra.host.Host) -> 
     assert "build/images/paydrop-0.0.0-nowhere.tar" in output
     assert "make image-archive VERSION=0.0.0-nowhere" in output
     assert host.run("docker inspect paydrop-green").rc != 0
+
+
+# --- refusals before anything changes ---------------------------------------------------------
+
+
+# The role's first tasks (tasks/assert.yml, which site.yml runs before anything
+# else) are driven on their own, with the one setting under test changed.
+
+
+def test_slots_that_would_exhaust_the_database_connections_are_refused() -> None:
+    rc, output = entry_point("assert", app_database_pool_size=100)
+    assert rc != 0
+    assert ("staging1: 2 slots × 2 workers × pool 100 × 1 app hosts = 400 connections, "
+            "more than max_connections 100 minus the reserve of 20 (80)") in output
+    # The staging settings themselves fit.
+    rc, output = entry_point("assert")
+    assert rc == 0, output[-3000:]
+
+
+@pytest.mark.parametrize("name", ["STRIPE_SECRET_KEY", "DATABASE_URL_FILE", "GUNICORN_BIND", "lower_case"])
+def test_secret_and_reserved_names_are_refused_in_app_extra_env(name: str) -> None:
+    rc, output = entry_point("assert", app_extra_env={name: "x"})
+    assert rc != 0
+    assert "staging1: app_extra_env names must be upper-case environment variables" in output
+    assert f"Got ['{name}']" in output
+
+
+def test_no_secret_reaches_ansibles_output(host: testinfra.host.Host) -> None:
+    # Verbose, as an operator debugging a run would be: every task that handles
+    # a secret must still hide it.
+    rc, output = entry_point("slot", "-vv", app_slot_color="green", app_slot_version=VERSION)
+    try:
+        assert rc == 0, output[-3000:]
+        for value in SECRET_VALUES:
+            assert value not in output
+    finally:
+        host.run("docker rm -f paydrop-green")

@@ -5,32 +5,27 @@ checked by the `production` scenario; here: the same roles work on one host."""
 
 from __future__ import annotations
 
-import os
 import shlex
 
 import testinfra.host
-from testinfra.utils.ansible_runner import AnsibleRunner
 
-from tests.support import testhosts
+from tests.support import scenario
+from tests.support.scenario import private_address
 
-testinfra_hosts = [
-    testhosts.spec(name)
-    for name in AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("db_primary")
-]
+testinfra_hosts = scenario.hosts_of("db_primary")
 
 APP_PASSWORD = "test-only-app-password"
 REDIS_APP_PASSWORD = "test-only-redis-app-password"
 CA = "/etc/postgresql/15/main/tls/ca.crt"
 
 
-def private_address(host: testinfra.host.Host) -> str:
-    return [a for a in host.interface("eth0").addresses if ":" not in a][0]
+def sql(host: testinfra.host.Host, query: str) -> str:
+    return host.check_output(f"runuser -u postgres -- psql -X -At -d paydrop -c {shlex.quote(query)}").strip()
 
 
 def test_postgres_listens_only_on_private_address_and_loopback(host: testinfra.host.Host) -> None:
     listening = set(host.check_output("ss -Hltn 'sport = :5432' | awk '{print $4}'").split())
-    assert f"{private_address(host)}:5432" in listening
-    assert not any(a.startswith(("0.0.0.0:", "*:", "[::]:")) for a in listening), listening
+    assert listening == {f"{private_address(host)}:5432", "127.0.0.1:5432"}
 
 
 def test_app_logs_in_with_tls_and_scram(host: testinfra.host.Host) -> None:
@@ -40,6 +35,11 @@ def test_app_logs_in_with_tls_and_scram(host: testinfra.host.Host) -> None:
                       "-c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'")
     assert result.rc == 0, result.stderr
     assert result.stdout.strip() == "t"
+    # SCRAM: the stored verifier, and the rule that admitted this address.
+    assert sql(host, "SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'paydrop'") == "SCRAM-SHA-256$"
+    rule = sql(host, "SELECT type, auth_method FROM pg_hba_file_rules "
+                     f"WHERE 'paydrop' = ANY(user_name) AND address = '{private_address(host)}'")
+    assert rule == "hostssl|scram-sha-256"
 
 
 def test_plain_connection_is_refused(host: testinfra.host.Host) -> None:

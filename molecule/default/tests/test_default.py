@@ -8,22 +8,17 @@ this machine to the test host's address on the scenario's Docker network.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import testinfra.host
-from testinfra.utils.ansible_runner import AnsibleRunner
 
-from tests.support import testhosts
+from tests.support import scenario
+from tests.support.scenario import can_connect, private_address
 
-testinfra_hosts = [
-    testhosts.spec(name)
-    for name in AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("all")
-]
+testinfra_hosts = scenario.hosts_of("all")
 
 BUSYBOX_TAR = "/usr/local/share/paydrop-testhost/busybox-rootfs.tar"
 BUSYBOX_IMAGE = "paydrop-test/busybox:latest"
@@ -33,18 +28,9 @@ WIDE_PUBLISHED_PORT = 18081
 DECLARED_PUBLISHED_PORT = 18082
 
 
-def ipv4_address(host: testinfra.host.Host) -> str:
-    addresses = [a for a in host.interface("eth0").addresses if ":" not in a]
-    assert addresses, "the test host has no IPv4 address on eth0"
-    return addresses[0]
-
-
-def can_connect(address: str, port: int, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+SCENARIO_DIR = Path(__file__).resolve().parent.parent
+ADMIN_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKekivA0NfWgmrNKnkpXjpFsaJ5kr5nicLqnmssnHBaO "
+             "molecule-test-key (throwaway)")
 
 
 def nft_json(host: testinfra.host.Host, *what: str) -> list[dict]:
@@ -130,21 +116,21 @@ def test_every_public_listener_is_declared(host: testinfra.host.Host) -> None:
 
 def test_group_sources_resolve_to_private_addresses(host: testinfra.host.Host) -> None:
     rules = host.file("/etc/nftables.d/local.nft").content_string
-    assert f"tcp dport 9100 ip saddr {{ {ipv4_address(host)} }} accept" in rules
+    assert f"tcp dport 9100 ip saddr {{ {private_address(host)} }} accept" in rules
     assert "tcp dport 5433" not in rules
 
 
 @contextmanager
 def listener(host: testinfra.host.Host, port: int) -> Iterator[int]:
+    """A server of our own on `port`: the checks below talk to it, never to a foreign listener."""
+    assert not scenario.listener_pids(host, port), f"something already listens on {port}"
     unit = f"paydrop-probe-{port}"
+    host.run("systemctl reset-failed %s", unit)
     host.check_output(
         "systemd-run --unit %s python3 -m http.server %s --bind 0.0.0.0", unit, str(port)
     )
     try:
-        for _ in range(50):
-            if host.socket(f"tcp://0.0.0.0:{port}").is_listening:
-                break
-            time.sleep(0.1)
+        scenario.wait_for_unit_listening(host, unit, port)
         yield port
     finally:
         host.run("systemctl stop %s", unit)
@@ -152,20 +138,20 @@ def listener(host: testinfra.host.Host, port: int) -> Iterator[int]:
 
 def test_declared_port_admits_its_sources(host: testinfra.host.Host) -> None:
     with listener(host, 8098) as port:
-        assert can_connect(ipv4_address(host), port)
+        assert can_connect(private_address(host), port)
 
 
 def test_port_for_a_group_admits_no_one_else(host: testinfra.host.Host) -> None:
     with listener(host, 9100) as port:
         assert host.run("curl -fsS -o /dev/null http://127.0.0.1:%s/", str(port)).rc == 0
-        assert not can_connect(ipv4_address(host), port)
+        assert not can_connect(private_address(host), port)
 
 
 def test_undeclared_port_is_dropped(host: testinfra.host.Host) -> None:
     with listener(host, UNDECLARED_PORT) as port:
         assert host.run("curl -fsS -o /dev/null http://127.0.0.1:%s/", str(port)).rc == 0
-        assert not can_connect(ipv4_address(host), port)
-    assert can_connect(ipv4_address(host), 22)
+        assert not can_connect(private_address(host), port)
+    assert can_connect(private_address(host), 22)
 
 
 def test_firewall_reload_and_stop_leave_docker_tables(host: testinfra.host.Host) -> None:
@@ -183,28 +169,46 @@ def test_firewall_reload_and_stop_leave_docker_tables(host: testinfra.host.Host)
 # --- base system -------------------------------------------------------------
 
 
-def test_admin_user_has_key_and_sudo(host: testinfra.host.Host) -> None:
+def test_admin_user_has_exactly_its_keys_and_sudo(host: testinfra.host.Host) -> None:
     ops = host.user("ops")
     assert ops.exists
     assert "paydrop-admins" in ops.groups
     keys = host.file("/home/ops/.ssh/authorized_keys")
-    assert keys.user == "ops"
-    assert keys.contains("molecule-test-key")
+    assert (keys.user, keys.mode) == ("ops", 0o600)
+    # Exactly the listed key: a key added by hand is removed by the next run.
+    assert [line for line in keys.content_string.splitlines() if line.strip()] == [ADMIN_KEY]
     sudoers = host.file("/etc/sudoers.d/paydrop-admins")
     assert sudoers.mode == 0o440
     assert host.run("visudo -c").rc == 0
-    assert host.check_output("sudo -l -U ops").find("NOPASSWD: ALL") >= 0
+    assert "(ALL : ALL) NOPASSWD: ALL" in host.check_output("sudo -l -U ops")
+
+
+def test_a_sudoers_file_visudo_refuses_never_lands(host: testinfra.host.Host) -> None:
+    before = host.file("/etc/sudoers.d/paydrop-admins").sha256sum
+    # A group name that renders a line sudo cannot parse (groupadd is skipped:
+    # the run starts at the sudoers task).
+    bad = json.dumps({"common_admin_group": "paydrop-admins ALL=(ALL) ALL\nnot sudoers syntax ("})
+    run = scenario.playbook(SCENARIO_DIR / "common-users.yml", "-e", bad,
+                            "--start-at-task", "Let the admin group use sudo", timeout=300)
+    assert run.returncode != 0
+    assert "failed to validate" in scenario.output(run)
+    assert host.file("/etc/sudoers.d/paydrop-admins").sha256sum == before
+    assert host.run("visudo -c").rc == 0
+    assert "NOPASSWD: ALL" in host.check_output("sudo -l -U ops")
 
 
 def test_unattended_upgrades_take_security_updates_only(host: testinfra.host.Host) -> None:
-    origins = [
-        line
-        for line in host.check_output("apt-config dump").splitlines()
-        if line.startswith("Unattended-Upgrade::Origins-Pattern::")
-    ]
+    config = host.check_output("apt-config dump").splitlines()
+    origins = [line for line in config if line.startswith("Unattended-Upgrade::Origins-Pattern::")]
     assert len(origins) == 1
     assert "-security" in origins[0]
-    assert host.service("apt-daily-upgrade.timer").is_enabled
+    # The role's own switches (Debian ships none: without them nothing runs).
+    assert 'APT::Periodic::Update-Package-Lists "1";' in config
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in config
+    # What unattended-upgrade itself will take, in its own words.
+    dry_run = host.run("unattended-upgrade --dry-run --debug 2>&1 | grep -m1 'Allowed origins are'")
+    assert dry_run.stdout.strip() == (
+        "Allowed origins are: origin=Debian,codename=bookworm-security,label=Debian-Security"), dry_run.stdout
 
 
 def test_time_sync_is_enabled(host: testinfra.host.Host) -> None:
@@ -212,10 +216,16 @@ def test_time_sync_is_enabled(host: testinfra.host.Host) -> None:
     assert host.service("systemd-timesyncd").is_enabled
 
 
-def test_kernel_settings_leave_ip_forward_to_docker(host: testinfra.host.Host) -> None:
+def test_kernel_settings_are_live_and_leave_ip_forward_to_docker(host: testinfra.host.Host) -> None:
     lines = host.file("/etc/sysctl.d/90-paydrop.conf").content_string.splitlines()
-    assert "net.ipv4.tcp_syncookies = 1" in lines
-    assert not [line for line in lines if line.startswith("net.ipv4.ip_forward")]
+    settings = dict(line.split(" = ", 1) for line in lines if " = " in line and not line.startswith("#"))
+    assert settings["net.ipv4.tcp_syncookies"] == "1"
+    assert "net.ipv4.ip_forward" not in settings
+    # The values in force, not only the file: the network namespace's own
+    # settings (kernel.* belong to the machine running the test containers).
+    live = {key: host.check_output("sysctl -n %s", key) for key in settings if key.startswith("net.")}
+    assert live == {key: value for key, value in settings.items() if key.startswith("net.")}
+    assert host.check_output("sysctl -n net.ipv4.ip_forward") == "1"
 
 
 def test_local_facts_record_the_size(host: testinfra.host.Host) -> None:
@@ -278,7 +288,7 @@ def published(host: testinfra.host.Host, busybox: str) -> Iterator[None]:
 def test_published_port_defaults_to_loopback(host: testinfra.host.Host, published: None) -> None:
     ports = host.check_output("docker port probe-default 8080")
     assert ports.splitlines() == [f"127.0.0.1:{LOOPBACK_PUBLISHED_PORT}"]
-    assert not can_connect(ipv4_address(host), LOOPBACK_PUBLISHED_PORT)
+    assert not can_connect(private_address(host), LOOPBACK_PUBLISHED_PORT)
 
 
 def test_published_ports_pass_the_firewall_only_when_declared(
@@ -286,6 +296,6 @@ def test_published_ports_pass_the_firewall_only_when_declared(
 ) -> None:
     # Docker's DNAT sends these past the input chain; the forward guard of
     # table inet paydrop lets through only the port declared `published: true`.
-    address = ipv4_address(host)
+    address = private_address(host)
     assert not can_connect(address, WIDE_PUBLISHED_PORT)
     assert can_connect(address, DECLARED_PUBLISHED_PORT)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
+from pathlib import Path
 
 import testinfra
 from conftest import REDIS_APP_PASSWORD, REDIS_MONITORING_PASSWORD, TCP_DROPPED, tcp_probe
 
+from tests.support import scenario
+
 Host = testinfra.host.Host
+SITE = Path(__file__).resolve().parents[3] / "playbooks" / "site.yml"
+ACL_FILE = "/etc/redis/users.acl"
+# TEST-ONLY, the same as molecule/production/group_vars/all/test-only.yml.
+REDIS_ADMIN_PASSWORD = "test-only-redis-admin-password"
 
 
 def redis(client: Host, *command: str, user: str | None = None, password: str | None = None):
@@ -75,7 +84,7 @@ def test_memory_and_persistence_settings(redis1: Host) -> None:
 
 def test_listens_only_on_loopback_and_the_private_address(redis1: Host) -> None:
     listening = set(redis1.check_output("ss -Hltn 'sport = :6379' | awk '{print $4}'").split())
-    private = redis1.check_output("ip -4 route get 1.1.1.1 | grep -o 'src [0-9.]*' | cut -d' ' -f2").strip()
+    private = scenario.private_address(redis1)
     assert {f"{private}:6379", "127.0.0.1:6379"} <= listening <= {f"{private}:6379", "127.0.0.1:6379", "[::1]:6379"}
 
 
@@ -90,3 +99,50 @@ def test_the_configuration_check_refuses_a_bad_acl(redis1: Host) -> None:
     refused = redis1.run(f"{check} --acl /tmp/bad.acl")
     assert refused.rc != 0 and "nosuchcommand" in refused.stderr
     assert redis1.run(f"{check} /etc/redis/redis.conf").rc == 0
+
+
+def test_acl_file_holds_only_password_hashes(redis1: Host) -> None:
+    acl = redis1.file(ACL_FILE)
+    assert (acl.user, acl.mode) == ("redis", 0o640)
+    text = acl.content_string
+    for user, password in (("admin", REDIS_ADMIN_PASSWORD), ("paydrop", REDIS_APP_PASSWORD),
+                           ("redis_exporter", REDIS_MONITORING_PASSWORD)):
+        assert password not in text
+        line = next(line for line in text.splitlines() if line.startswith(f"user {user} "))
+        assert f" #{hashlib.sha256(password.encode()).hexdigest()} " in line, line
+    # What Redis loaded is the same hash (ACL GETUSER shows the hashes it holds).
+    loaded = redis1.check_output(
+        f"REDISCLI_AUTH={REDIS_ADMIN_PASSWORD} redis-cli -s /run/redis/redis-server.sock --user admin "
+        "--no-auth-warning ACL GETUSER paydrop")
+    assert hashlib.sha256(REDIS_APP_PASSWORD.encode()).hexdigest() in loaded
+
+
+def run_id(app1: Host) -> str:
+    info = as_app(app1, "INFO", "server").stdout
+    return next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("run_id:"))
+
+
+def redis_play(password: str) -> tuple[int, str]:
+    result = scenario.playbook(SITE, "--tags", "redis", "--limit", "redis1",
+                               "-e", json.dumps({"redis_monitoring_password": password}), timeout=600)
+    return result.returncode, scenario.output(result)
+
+
+def test_a_changed_password_is_loaded_without_a_restart(app1: Host) -> None:
+    before = run_id(app1)
+    new_password = "test-only-rotated-monitoring-password"
+    try:
+        rc, output = redis_play(new_password)
+        assert rc == 0, output[-3000:]
+        assert "RUNNING HANDLER [paydrop.stack.redis : Load the new ACL file]" in output
+        rotated = redis(app1, "PING", user="redis_exporter", password=new_password)
+        assert rotated.stdout.strip() == "PONG", rotated.stdout + rotated.stderr
+        old = redis(app1, "PING", user="redis_exporter", password=REDIS_MONITORING_PASSWORD)
+        assert "WRONGPASS" in old.stdout + old.stderr
+        # Same server process: ACL LOAD, no restart (clients stay connected).
+        assert run_id(app1) == before
+    finally:
+        rc, output = redis_play(REDIS_MONITORING_PASSWORD)
+    assert rc == 0, output[-3000:]
+    assert redis(app1, "PING", user="redis_exporter", password=REDIS_MONITORING_PASSWORD).stdout.strip() == "PONG"
+    assert run_id(app1) == before

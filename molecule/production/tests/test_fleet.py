@@ -2,7 +2,7 @@
 the operator's certificate, product files shared through S3, and a dry run
 (--check --diff) of site.yml that changes nothing.
 
-Non-destructive: runs before the release and failure checks (test_release.py).
+Non-destructive: runs before the release and failure checks (test_zero_downtime.py).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def test_plain_http_redirects_to_the_shops_name() -> None:
 
 def test_a_name_the_shop_does_not_serve_gets_421() -> None:
     status = fleet.host("lb1").check_output(
-        "curl -sk -o /dev/null -w '%%{http_code}' --resolve evil.test:443:127.0.0.1 https://evil.test/")
+        "curl -sk -o /dev/null -w '%{http_code}' --resolve evil.test:443:127.0.0.1 https://evil.test/")
     assert status == "421"
 
 
@@ -83,7 +83,7 @@ def test_a_product_file_downloads_through_either_app_host(name: str, product_tok
     color = fleet.state(name)["active"]
     port = 8001 if color == "blue" else 8002
     out = fleet.host("lb1").check_output(
-        f"curl -s -o /tmp/fleet-download -w '%%{{http_code}} %%{{size_download}}' "
+        f"curl -s -o /tmp/fleet-download -w '%{{http_code}} %{{size_download}}' "
         f"-H 'Host: {fleet.SERVER_NAME}' -H 'X-Forwarded-Proto: https' "
         f"http://{address}:{port}/downloads/{product_token}")
     assert out == f"200 {PAYLOAD_BYTES}"

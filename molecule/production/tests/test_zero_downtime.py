@@ -112,7 +112,7 @@ def test_a_rollback_to_a_release_that_is_not_kept_is_refused() -> None:
 def test_the_readmes_site_yml_after_the_rollback_keeps_it_and_changes_nothing() -> None:
     """The first-run command of the README, run again on a live fleet: its app_version is
     ignored (the app hosts' state decides), nothing changes."""
-    result = fleet.readme_playbook(SITE, **{"app_version=1.4.0": f"app_version={NEXT}"})
+    result = fleet.readme_playbook(SITE + ["--tags", "app,lb"], **{"app_version=1.4.0": f"app_version={NEXT}"})
     assert result.returncode == 0, fleet.output(result)
     assert all(c["changed"] == 0 for c in fleet.recap(result).values()), fleet.changed_tasks(result)
     assert fleet.active_color() == "blue"

@@ -227,7 +227,12 @@ def _after_request(response: Response) -> Response:
 def init_app(app: Flask) -> None:
     from . import metrics
 
-    REDACTOR.add_secrets(str(app.config.get(name) or "") for name in settings.SECRET_NAMES)
+    values: list[str] = []
+    for name in settings.SECRET_NAMES:
+        value = app.config.get(name) or ""
+        # Lists of secrets (key fallbacks, webhook secrets) are redacted one by one.
+        values.extend(value if isinstance(value, tuple) else [str(value)])
+    REDACTOR.add_secrets(values)
     configure_logging(app.config["LOG_LEVEL"])
     app.before_request(_before_request)
     app.after_request(_after_request)

@@ -140,11 +140,18 @@ def test_posts_without_csrf_token_are_refused(shop):
 
 
 def test_a_csrf_token_from_another_session_is_refused(shop, app):
+    """The other client has a CSRF token of its own (its own page view), so the
+    server really compares two tokens; its own token passes (the control)."""
     _app, shopper = shop
-    other = app.test_client()
-    response = other.post("/checkout/field-guide/setup-intent", json={},
-                          headers={"X-CSRFToken": shopper.csrf})
+    other = Shopper(app.test_client(), shopper.stripe_url)
+    other.open("field-guide")
+    assert other.csrf and other.client.get_cookie("paydrop_csrf") is not None
+    assert other.csrf != shopper.csrf
+    response = other.client.post("/checkout/field-guide/setup-intent", json={},
+                                 headers={"X-CSRFToken": shopper.csrf})
     assert response.status_code == 400
+    assert "expired" in response.get_json()["error"]
+    assert other.post("/checkout/field-guide/setup-intent").status_code == 200
 
 
 def test_oversized_bodies_are_413(make_app, tmp_path, stripe_server):

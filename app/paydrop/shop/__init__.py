@@ -37,8 +37,10 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=app.config["SESSION_TTL_SECONDS"]),
-        # The token lives in the server-side session, so it lasts as long as the session.
+        # The raw token lives in the session (or, for visitors, the signed CSRF
+        # cookie, which expires); the form's copy is signed with every accepted key.
         WTF_CSRF_TIME_LIMIT=None,
+        WTF_CSRF_SECRET_KEY=[*app.config["SECRET_KEY_FALLBACKS"], app.config["SECRET_KEY"]],
     )
     app.session_interface = sessions.RedisSessionInterface()
     csrf.init_app(app)

@@ -1,7 +1,7 @@
 """Register, log in, log out, verify the e-mail address, "my orders".
 
 Passwords are hashed with argon2id. Log-in and registration are throttled per
-client IP and per account. Guest orders placed with an address join the
+client IP; failed passwords are also counted per account (see ratelimit). Guest orders placed with an address join the
 account once its owner clicks the verification link sent to that address:
 without that proof, anyone could register a buyer's address and take over
 their downloads.
@@ -31,11 +31,11 @@ from flask import (
     session,
     url_for,
 )
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired
 from werkzeug.wrappers import Response
 
 from ..db import get_db
-from . import fulfilment, grants, mail, orders, ratelimit, sessions, users
+from . import fulfilment, grants, mail, orders, ratelimit, sessions, signing, users
 
 log = logging.getLogger(__name__)
 bp = Blueprint("accounts", __name__, url_prefix="/account")
@@ -121,7 +121,7 @@ def _log_in(user: users.User) -> None:
 
 
 def _verification_link(user: users.User) -> str:
-    token = URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=VERIFY_SALT).dumps(
+    token = signing.timed_serializer(VERIFY_SALT).dumps(
         {"user": user.id, "email": user.email}
     )
     base = current_app.config["PUBLIC_URL"].rstrip("/")
@@ -144,7 +144,7 @@ def register() -> Response | str | tuple[str, int]:
         return render_template("accounts/register.html")
     email = normalise_email(request.form.get("email"))
     password = request.form.get("password", "")
-    ratelimit.hit("login", ("ip", ratelimit.client_ip()), ("account", email or "-"))
+    ratelimit.hit("login", ("ip", ratelimit.client_ip()))
     errors = []
     if email is None:
         errors.append("Enter a valid e-mail address.")
@@ -175,7 +175,10 @@ def login() -> Response | str | tuple[str, int]:
         return render_template("accounts/login.html", next=request.args.get("next", ""))
     email = normalise_email(request.form.get("email"))
     password = request.form.get("password", "")
-    ratelimit.hit("login", ("ip", ratelimit.client_ip()), ("account", email or "-"))
+    # The IP first: a throttled client's attempts never reach the account's count.
+    ratelimit.hit("login", ("ip", ratelimit.client_ip()))
+    if email:
+        ratelimit.check("login-failures", ("account", email))
     user = None
     if email and len(password) <= MAX_PASSWORD:
         with get_db().transaction() as cur:
@@ -185,6 +188,8 @@ def login() -> Response | str | tuple[str, int]:
             elif user is not None and _hasher.check_needs_rehash(user.password_hash):
                 users.set_password_hash(cur, user.id, _hasher.hash(password))
     if user is None:
+        if email:
+            ratelimit.hit("login-failures", ("account", email))
         return render_template(
             "accounts/login.html",
             errors=["The e-mail address or password is not right."],
@@ -211,7 +216,7 @@ def logout() -> Response:
 
 @bp.get("/verify/<token>")
 def verify(token: str) -> Response | tuple[str, int]:
-    serializer = URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=VERIFY_SALT)
+    serializer = signing.timed_serializer(VERIFY_SALT)
     try:
         claim = serializer.loads(token, max_age=VERIFY_MAX_AGE)
     except SignatureExpired:
@@ -269,7 +274,12 @@ def reissue_link(order_id: str) -> Response:
         order = orders.get(cur, order_id)
     if order is None or order.user_id != user_ref.id:
         abort(404)
-    if fulfilment.reissue_link(order_id) is None:
+    ratelimit.hit("link-reissue", ("account", str(user_ref.id)))
+    reissued = fulfilment.reissue_link(order_id, current_app.config["LINK_REISSUE_LIMIT"])
+    if reissued is fulfilment.REISSUE_LIMIT_REACHED:
+        flash("This order has had all the new links it can get; there are no more new links. "
+              "Contact us if you still cannot download it.")
+    elif reissued is None:
         flash("Downloads are not available for this order.")
     else:
         flash(f"A new download link for {order.product_title} is ready below.")

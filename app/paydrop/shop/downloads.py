@@ -30,7 +30,7 @@ PRESIGNED_URL_SECONDS = 60
 
 
 def _token(grant_id: str) -> str:
-    return grants.make_token(current_app.config["SECRET_KEY"], grant_id)
+    return grants.make_token(grant_id)
 
 
 def download_path(grant_id: str) -> str:
@@ -55,7 +55,7 @@ REFUSALS: dict[str, tuple[type[HTTPException], str]] = {
 
 @bp.get("/downloads/<token>")
 def download(token: str) -> BaseResponse:
-    grant_id = grants.grant_id_from_token(current_app.config["SECRET_KEY"], token)
+    grant_id = grants.grant_id_from_token(token)
     if grant_id is None:
         abort(404, "This download link is not valid.")
     storage = get_storage()

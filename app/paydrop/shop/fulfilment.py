@@ -177,13 +177,22 @@ def fail(order_id: str, message: str) -> None:
     after_commit([change])
 
 
-def reissue_link(order_id: str) -> grants.Grant | None:
-    """A fresh download grant for a paid order; earlier links stop working."""
+REISSUE_LIMIT_REACHED = object()
+
+
+def reissue_link(order_id: str, limit: int) -> grants.Grant | object | None:
+    """A fresh download grant for a paid order; earlier links stop working.
+
+    None when the order has no downloads; REISSUE_LIMIT_REACHED once it has had
+    ``limit`` new links after the first (a stolen login cannot mint links forever).
+    """
     config = current_app.config
     with get_db().transaction() as cur:
         order = orders.lock(cur, order_id)
         if order is None or order.status != "paid":
             return None
+        if grants.count_for_order(cur, order_id) > limit:
+            return REISSUE_LIMIT_REACHED
         grants.revoke_for_order(cur, order_id)
         return grants.create(cur, order_id, config["DOWNLOAD_TTL_SECONDS"],
                              config["DOWNLOAD_LIMIT"])

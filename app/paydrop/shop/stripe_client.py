@@ -40,7 +40,8 @@ def _post(method: Any, params: dict[str, Any], idempotency_key: str) -> dict[str
 
 
 class StripeGateway:
-    def __init__(self, secret_key: str, api_base: str, timeout: int, webhook_secret: str):
+    def __init__(self, secret_key: str, api_base: str, timeout: int,
+                 webhook_secrets: tuple[str, ...]):
         self._client = stripe.StripeClient(
             secret_key,
             stripe_version=API_VERSION,
@@ -58,7 +59,7 @@ class StripeGateway:
             max_network_retries=0,
             http_client=stripe.RequestsClient(timeout=min(timeout, QUICK_TIMEOUT_SECONDS)),
         )
-        self._webhook_secret = webhook_secret
+        self._webhook_secrets = webhook_secrets
 
     def _reader(self, quick: bool) -> stripe.StripeClient:
         return self._quick_client if quick else self._client
@@ -156,16 +157,27 @@ class StripeGateway:
 
     def verify_webhook(self, payload: bytes, signature_header: str | None) -> None:
         """Raise stripe.SignatureVerificationError unless Stripe signed ``payload``
-        with our endpoint secret within the last five minutes."""
+        with one of our endpoint secrets within the last five minutes.
+
+        Several secrets are accepted while one is rolled (Stripe signs with the
+        new and the old one for a while, one ``v1`` entry each)."""
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             text = None
         if not signature_header or text is None:
             raise stripe.SignatureVerificationError("unsigned or undecodable payload", "")
-        stripe.WebhookSignature.verify_header(
-            text, signature_header, self._webhook_secret, tolerance=WEBHOOK_TOLERANCE_SECONDS
-        )
+        error: stripe.SignatureVerificationError | None = None
+        for secret in self._webhook_secrets:
+            try:
+                stripe.WebhookSignature.verify_header(
+                    text, signature_header, secret, tolerance=WEBHOOK_TOLERANCE_SECONDS)
+            except stripe.SignatureVerificationError as exc:
+                error = exc
+                continue
+            return
+        assert error is not None  # noqa: S101 - settings require one secret
+        raise error
 
 
 def init_app(app: Flask) -> None:

@@ -4,13 +4,24 @@ The API version is pinned; every POST carries an idempotency key derived from
 what it is for, so a retry after a timeout can never charge twice. Responses
 come back as plain dicts, the same shape as webhook payloads, so one set of
 handlers reads both.
+
+``budget(seconds)`` bounds all Stripe calls made inside it, retries and their
+back-off included: each request's timeout is cut to what is left, and no retry
+starts that could not finish in time. A buyer's payment request runs inside
+one, so it always answers before the load balancer gives up on it (a 504
+would leave the buyer not knowing whether they paid).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
+import requests
 import stripe
 from flask import Flask, current_app
 
@@ -27,6 +38,55 @@ WEBHOOK_TOLERANCE_SECONDS = 300
 QUICK_TIMEOUT_SECONDS = 3
 
 _EXTENSION = "paydrop.stripe"
+# A request with less time than this left is not started at all.
+MIN_REQUEST_SECONDS = 0.5
+
+_deadline: ContextVar[float | None] = ContextVar("paydrop_stripe_deadline", default=None)
+
+
+def _remaining() -> float | None:
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@contextmanager
+def budget(seconds: float) -> Iterator[None]:
+    """Every Stripe call inside finishes (or gives up) within ``seconds`` in total."""
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+class _BudgetedSession(requests.Session):
+    """Cuts each request's timeout to the time left in the current budget."""
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any,  # type: ignore[override]
+                **kwargs: Any) -> requests.Response:
+        remaining = _remaining()
+        if remaining is not None:
+            if remaining < MIN_REQUEST_SECONDS:
+                raise requests.exceptions.Timeout("the time allowed for Stripe calls is used up")
+            timeout = kwargs.get("timeout")
+            kwargs["timeout"] = min(timeout, remaining) if timeout else remaining
+        return super().request(method, url, *args, **kwargs)
+
+
+class _BudgetedRequestsClient(stripe.RequestsClient):
+    """The SDK's client, but no retry is started that the budget could not fit."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout=timeout, session=_BudgetedSession())
+
+    def _should_retry(self, response: Any, api_connection_error: Any, num_retries: int,
+                      max_network_retries: int | None) -> bool:
+        remaining = _remaining()
+        if remaining is not None and remaining < (
+                self._sleep_time_seconds(num_retries + 1) + 2 * MIN_REQUEST_SECONDS):
+            return False
+        return bool(super()._should_retry(response, api_connection_error, num_retries,
+                                          max_network_retries))
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -47,7 +107,7 @@ class StripeGateway:
             stripe_version=API_VERSION,
             base_addresses={"api": api_base},
             max_network_retries=2,
-            http_client=stripe.RequestsClient(timeout=timeout),
+            http_client=_BudgetedRequestsClient(timeout),
         )
         # For reads made while a person waits on a page that refreshes anyway: a
         # short timeout and no retries, so a slow Stripe cannot hold worker

@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 from flask import Flask, current_app
 
+from ..settings import SettingsError
+
 _EXTENSION = "paydrop.storage"
 CHUNK = 64 * 1024
 
@@ -159,7 +161,18 @@ def init_app(app: Flask) -> None:
         )
     else:
         backend = LocalStorage(config["STORAGE_LOCAL_DIR"])
+        _refuse_public_directory(app, backend.root)
     app.extensions[_EXTENSION] = backend
+
+
+def _refuse_public_directory(app: Flask, root: Path) -> None:
+    """Paid files must never sit where a public URL reaches them: the static
+    folder is served by Flask and, in production, by nginx from the release."""
+    static = Path(app.static_folder or "").resolve()
+    resolved = root.resolve()
+    if resolved.is_relative_to(static) or static.is_relative_to(resolved):
+        raise SettingsError([f"STORAGE_LOCAL_DIR: {root} overlaps the public static folder "
+                             f"{static}; paid files would be downloadable for free"])
 
 
 def get_storage() -> LocalStorage | S3Storage:

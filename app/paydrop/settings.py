@@ -217,6 +217,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOGIN_ACCOUNT_RATE_LIMIT", _rate_limit, "20/900",
             help="failed passwords/seconds per account before its log-in pauses; only attempts "
                  "the per-IP limit let through count, so keep it above LOGIN_RATE_LIMIT"),
+    Setting("PASSWORD_RESET_TTL_SECONDS", _positive_int, "3600",
+            help="how long a password reset link works (it also stops after one use)"),
+    Setting("PASSWORD_RESET_RATE_LIMIT", _rate_limit, "3/3600",
+            help="reset mails/seconds per address (the per-IP LOGIN_RATE_LIMIT applies too)"),
+    Setting("UNVERIFIED_ACCOUNT_TTL_SECONDS", _positive_int, str(7 * 24 * 3600),
+            help="an account whose address is not confirmed within this time expires, and a "
+                 "new sign-up for the address may replace it"),
     Setting("LINK_REISSUE_LIMIT", _positive_int, "5",
             help="new download links a buyer may request per order, in its whole life"),
     Setting("LINK_REISSUE_RATE_LIMIT", _rate_limit, "5/3600",

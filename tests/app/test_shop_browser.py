@@ -154,3 +154,61 @@ def test_three_d_secure_refused_when_the_card_is_set_up_creates_no_order(shop):
     alert.wait_for()
     assert "authentication failed" in alert.inner_text()
     assert _orders(app) == []
+
+
+@pytest.fixture
+def smtp():
+    from tests.support.smtp import FakeSmtpServer
+
+    server = FakeSmtpServer().start()
+    yield server
+    server.stop()
+
+
+def test_a_customer_resets_a_forgotten_password(make_app, smtp, browser):
+    from tests.support.live import LiveServer
+    from tests.support.servers import free_port
+
+    port = free_port()
+    app = make_app({"PUBLIC_URL": f"http://127.0.0.1:{port}", "SMTP_HOST": "127.0.0.1",
+                    "SMTP_PORT": str(smtp.port), "SMTP_STARTTLS": "false"})
+    server = LiveServer(app, port).start()
+    context = browser.new_context()
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        page.goto(f"{server.url}/account/register")
+        page.get_by_label("E-mail address").fill("reader@example.com")
+        page.get_by_label("Password", exact=True).fill("the forgotten password")
+        page.get_by_label("Password again").fill("the forgotten password")
+        page.get_by_role("button", name="Create account").click()
+        page.wait_for_url(re.compile(r"/account/orders$"))
+        page.get_by_role("button", name="Log out").click()
+
+        page.goto(f"{server.url}/account/login")
+        page.get_by_role("link", name="Forgot your password?").click()
+        page.get_by_label("E-mail address").fill("reader@example.com")
+        page.get_by_role("button", name="Send the link").click()
+        page.wait_for_url(re.compile(r"/account/login$"))
+        assert page.get_by_text("If an account exists for that address").is_visible()
+
+        mail = smtp.wait_for(2)[-1].get_content()
+        link = re.search(r"http://127\.0\.0\.1:\d+/account/password/reset/\S+", mail).group(0)
+        page.goto(link)
+        page.get_by_label("New password", exact=True).fill("my brand new password")
+        page.get_by_label("New password again").fill("my brand new password")
+        page.get_by_role("button", name="Change the password").click()
+        page.wait_for_url(re.compile(r"/account/orders$"))
+        assert page.get_by_text("Your password is changed").is_visible()
+
+        page.get_by_role("button", name="Log out").click()
+        page.goto(f"{server.url}/account/login")
+        page.get_by_label("E-mail address").fill("reader@example.com")
+        page.get_by_label("Password").fill("my brand new password")
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(re.compile(r"/account/orders$"))
+        page.goto(link)
+        assert page.get_by_text("expired or was already used").is_visible()
+    finally:
+        context.close()
+        server.stop()

@@ -1,23 +1,31 @@
-"""Register, log in, log out, verify the e-mail address, "my orders".
+"""Register, log in, log out, verify the e-mail address, reset a password, "my orders".
 
 Passwords are hashed with argon2id. Log-in and registration are throttled per
 client IP; failed passwords are also counted per account (see ratelimit). Guest orders placed with an address join the
 account once its owner clicks the verification link sent to that address:
 without that proof, anyone could register a buyer's address and take over
 their downloads.
+
+Password reset: the link carries a signed, expiring token bound to the
+account's current password hash, so it stops working once used (the hash
+changes) or when the password changes otherwise. The request page answers the
+same whether or not the address has an account, and is throttled per IP and
+per address. Following a reset link proves the address, so it also verifies it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
+from email_validator import EmailNotValidError, validate_email
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import (
     Blueprint,
@@ -40,11 +48,13 @@ from . import fulfilment, grants, mail, orders, ratelimit, sessions, signing, us
 log = logging.getLogger(__name__)
 bp = Blueprint("accounts", __name__, url_prefix="/account")
 
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 VERIFY_SALT = "paydrop.verify-email"
 VERIFY_MAX_AGE = 3 * 24 * 3600
+RESET_SALT = "paydrop.password-reset"
+RESET_SENT = ("If an account exists for that address, we sent it a link to choose a new "
+              "password. The link works for one hour, once.")
 
 _hasher = PasswordHasher()
 # Verified against when the account does not exist, so a wrong address takes as
@@ -61,13 +71,20 @@ class CurrentUser:
 
 
 def normalise_email(value: object) -> str | None:
-    """The lower-cased address, or None when it is not a plausible address."""
-    if not isinstance(value, str):
+    """The normalised, lower-cased address, or None when it is not a valid address.
+
+    email-validator checks the syntax (RFC 5322 as mail servers accept it,
+    internationalised domains, special-use domains such as .test refused); no
+    DNS look-up happens, so a page never waits on a resolver.
+    """
+    if not isinstance(value, str) or len(value) > 320:
         return None
-    email = value.strip().lower()
-    if len(email) > 254 or not EMAIL.match(email):
+    try:
+        checked = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError:
         return None
-    return email
+    email = checked.normalized.lower()
+    return email if len(email) <= 254 else None
 
 
 def current_user() -> CurrentUser | None:
@@ -155,7 +172,9 @@ def register() -> Response | str | tuple[str, int]:
     if errors or email is None:
         return render_template("accounts/register.html", errors=errors, email=email or ""), 400
     with get_db().transaction() as cur:
-        user = users.create(cur, email, _hasher.hash(password))
+        user = users.create(cur, email, _hasher.hash(password),
+                            replace_unverified_after=current_app.config[
+                                "UNVERIFIED_ACCOUNT_TTL_SECONDS"])
     if user is None:
         return render_template(
             "accounts/register.html",
@@ -246,6 +265,90 @@ def resend_verification() -> Response:
     if user is not None and not user.email_verified:
         _send_verification(user)
     flash("We sent a new confirmation link.")
+    return redirect(url_for("accounts.my_orders"))
+
+
+def _password_fingerprint(user: users.User) -> str:
+    # Binds a reset token to the password it replaces (single use, and void
+    # once the password changes); a digest, so the hash never sits in a URL.
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:32]
+
+
+def _reset_link(user: users.User) -> str:
+    token = signing.timed_serializer(RESET_SALT).dumps(
+        {"user": user.id, "password": _password_fingerprint(user)})
+    base = current_app.config["PUBLIC_URL"].rstrip("/")
+    return f"{base}{url_for('accounts.reset_password', token=token)}"
+
+
+@bp.route("/password/forgot", methods=["GET", "POST"])
+def forgot_password() -> Response | str | tuple[str, int]:
+    if request.method == "GET":
+        return render_template("accounts/forgot.html")
+    email = normalise_email(request.form.get("email"))
+    ratelimit.hit("login", ("ip", ratelimit.client_ip()))
+    if email is None:
+        return render_template("accounts/forgot.html", errors=["Enter a valid e-mail address."],
+                               email=request.form.get("email", "")), 400
+    ratelimit.hit("password-reset", ("account", email))
+    with get_db().transaction() as cur:
+        user = users.get_by_email(cur, email)
+    if user is not None:
+        mail.send(
+            user.email,
+            "Choose a new password",
+            "Someone (hopefully you) asked to reset the password of your account.\n\n"
+            f"Choose a new password here:\n\n{_reset_link(user)}\n\n"
+            "The link works for one hour, once. If you did not ask for it, ignore this message: "
+            "your password stays as it is.\n",
+        )
+    flash(RESET_SENT)
+    return redirect(url_for("accounts.login"))
+
+
+def _user_for_reset(token: str) -> users.User | None:
+    try:
+        claim = signing.timed_serializer(RESET_SALT).loads(
+            token, max_age=current_app.config["PASSWORD_RESET_TTL_SECONDS"])
+    except BadSignature:  # includes SignatureExpired
+        return None
+    if not isinstance(claim, dict):
+        return None
+    with get_db().transaction() as cur:
+        user = users.get(cur, claim.get("user"))
+    if user is None or not hmac.compare_digest(str(claim.get("password")),
+                                               _password_fingerprint(user)):
+        return None
+    return user
+
+
+@bp.route("/password/reset/<token>", methods=["GET", "POST"])
+def reset_password(token: str) -> Response | str | tuple[str, int]:
+    user = _user_for_reset(token)
+    if user is None:
+        return render_template("error.html", code=410, title="Link no longer valid",
+                               message="This password reset link has expired or was already "
+                                       "used. Ask for a new one."), 410
+    if request.method == "GET":
+        return render_template("accounts/reset.html", token=token)
+    password = request.form.get("password", "")
+    errors = []
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        errors.append(f"Choose a password of at least {MIN_PASSWORD} characters.")
+    elif password != request.form.get("password_confirm", ""):
+        errors.append("The two passwords do not match.")
+    if errors:
+        return render_template("accounts/reset.html", token=token, errors=errors), 400
+    with get_db().transaction() as cur:
+        # Guarded by the old hash: of two concurrent uses of one link, one wins.
+        if not users.replace_password_hash(cur, user.id, user.password_hash,
+                                           _hasher.hash(password)):
+            abort(410, "This password reset link was already used.")
+        users.mark_email_verified(cur, user.id, user.email)
+        attached = orders.attach_guest_orders(cur, user.email, user.id)
+    log.info("user %s reset their password; %d guest orders attached", user.id, attached)
+    _log_in(user)
+    flash("Your password is changed and you are logged in.")
     return redirect(url_for("accounts.my_orders"))
 
 

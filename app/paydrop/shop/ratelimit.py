@@ -131,6 +131,8 @@ def init_app(app: Flask) -> None:
         "login": Limit.parse("LOGIN_RATE_LIMIT", app.config["LOGIN_RATE_LIMIT"]),
         "login-failures": Limit.parse("LOGIN_ACCOUNT_RATE_LIMIT",
                                       app.config["LOGIN_ACCOUNT_RATE_LIMIT"]),
+        "password-reset": Limit.parse("PASSWORD_RESET_RATE_LIMIT",
+                                      app.config["PASSWORD_RESET_RATE_LIMIT"]),
         "link-reissue": Limit.parse("LINK_REISSUE_RATE_LIMIT",
                                     app.config["LINK_REISSUE_RATE_LIMIT"]),
         "checkout": Limit.parse("CHECKOUT_RATE_LIMIT", app.config["CHECKOUT_RATE_LIMIT"]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterator
 
 from flask import Blueprint, Response, abort, current_app, request
 from prometheus_client import (
@@ -26,6 +27,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 REQUESTS = Counter(
     "paydrop_http_requests_total",
@@ -97,4 +99,35 @@ def metrics() -> Response:
     peer = original.get("REMOTE_ADDR", request.remote_addr)
     if not client_allowed(peer):
         abort(404)
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()) + _outbox_metrics(), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _OutboxCollector:
+    """Outbox messages by status, read from the database at scrape time (the
+    worker is a separate process that nothing scrapes; the table is the truth)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "paydrop_outbox_messages",
+            "Mail outbox messages by status (pending, sent, skipped, dead: gave up).",
+            labels=["status"],
+        )
+        for status, count in self._counts.items():
+            family.add_metric([status], count)
+        yield family
+
+
+def _outbox_metrics() -> bytes:
+    from .shop import outbox
+
+    try:
+        counts = outbox.counts()
+    except Exception:  # noqa: BLE001 - the other metrics still matter when the database is down
+        DEPENDENCY_ERRORS.labels(dependency="database").inc()
+        return b""
+    registry = CollectorRegistry()
+    registry.register(_OutboxCollector(counts))
+    return generate_latest(registry)

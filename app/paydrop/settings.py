@@ -204,6 +204,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SMTP_PASSWORD", default="", secret=True),
     Setting("SMTP_FROM", default="shop@localhost"),
     Setting("SMTP_STARTTLS", _bool, "true"),
+    Setting("MAIL_MAX_ATTEMPTS", _positive_int, "8",
+            help="delivery attempts of one message before it is dead (shown in /metrics)"),
+    Setting("MAIL_RETRY_BASE_SECONDS", _positive_int, "30",
+            help="wait before the second attempt; doubles for each next one (at most 1 h)"),
+    # The worker (`paydrop worker`)
+    Setting("WORKER_POLL_SECONDS", _positive_int, "5",
+            help="how often the worker looks for due mail and old pending orders"),
+    Setting("PENDING_ORDER_TTL_SECONDS", _positive_int, "3600",
+            help="an order still pending this long without a Stripe payment is marked failed "
+                 "by the worker (a late payment still turns it paid)"),
     # Operations
     Setting("METRICS_ALLOWED_NETWORKS", _networks, "127.0.0.0/8,::1/128",
             help="client networks allowed to read /metrics"),

@@ -43,7 +43,7 @@ from itsdangerous import BadSignature, SignatureExpired
 from werkzeug.wrappers import Response
 
 from ..db import get_db
-from . import fulfilment, grants, mail, orders, ratelimit, sessions, signing, users
+from . import fulfilment, grants, orders, outbox, ratelimit, sessions, signing, users
 
 log = logging.getLogger(__name__)
 bp = Blueprint("accounts", __name__, url_prefix="/account")
@@ -145,8 +145,9 @@ def _verification_link(user: users.User) -> str:
     return f"{base}{url_for('accounts.verify', token=token)}"
 
 
-def _send_verification(user: users.User) -> None:
-    mail.send(
+def _queue_verification(cur: Any, user: users.User) -> int:
+    return outbox.enqueue(
+        cur,
         user.email,
         "Confirm your e-mail address",
         "Confirm this address to see purchases made with it in 'My orders':\n\n"
@@ -175,13 +176,14 @@ def register() -> Response | str | tuple[str, int]:
         user = users.create(cur, email, _hasher.hash(password),
                             replace_unverified_after=current_app.config[
                                 "UNVERIFIED_ACCOUNT_TTL_SECONDS"])
+        mail_id = _queue_verification(cur, user) if user else None
     if user is None:
         return render_template(
             "accounts/register.html",
             errors=["An account with this address exists. Log in instead."],
             email=email,
         ), 400
-    _send_verification(user)
+    outbox.kick([mail_id] if mail_id else [])
     _log_in(user)
     flash("Welcome! We sent you a link to confirm your address; purchases made with it "
           "as a guest appear here once you follow it.")
@@ -262,8 +264,8 @@ def resend_verification() -> Response:
     ratelimit.hit("login", ("ip", ratelimit.client_ip()), ("account", user_ref.email))
     with get_db().transaction() as cur:
         user = users.get(cur, user_ref.id)
-    if user is not None and not user.email_verified:
-        _send_verification(user)
+        mail_id = _queue_verification(cur, user) if user and not user.email_verified else None
+    outbox.kick([mail_id] if mail_id else [])
     flash("We sent a new confirmation link.")
     return redirect(url_for("accounts.my_orders"))
 
@@ -293,8 +295,8 @@ def forgot_password() -> Response | str | tuple[str, int]:
     ratelimit.hit("password-reset", ("account", email))
     with get_db().transaction() as cur:
         user = users.get_by_email(cur, email)
-    if user is not None:
-        mail.send(
+        mail_id = None if user is None else outbox.enqueue(
+            cur,
             user.email,
             "Choose a new password",
             "Someone (hopefully you) asked to reset the password of your account.\n\n"
@@ -302,6 +304,7 @@ def forgot_password() -> Response | str | tuple[str, int]:
             "The link works for one hour, once. If you did not ask for it, ignore this message: "
             "your password stays as it is.\n",
         )
+    outbox.kick([mail_id] if mail_id else [])
     flash(RESET_SENT)
     return redirect(url_for("accounts.login"))
 

@@ -12,7 +12,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from ..db import get_db
-from . import catalog, fulfilment, grants, orders, products
+from . import catalog, fulfilment, grants, orders, outbox, products
 from .money import format_money, parse_major
 from .storage import asset_key, get_storage, sha256_of
 from .stripe_client import get_stripe
@@ -199,7 +199,27 @@ def seed_demo(assets: Path | None) -> None:
         click.echo(f"files in {current_app.config['STORAGE_LOCAL_DIR']}")
 
 
+mail_cli = AppGroup("mail", help="The mail outbox.")
+
+
+@mail_cli.command("retry-dead")
+def mail_retry_dead() -> None:
+    """Queue every dead message again (after fixing the mail server)."""
+    click.echo(f"{outbox.retry_dead()} message(s) queued again")
+
+
+@mail_cli.command("status")
+def mail_status() -> None:
+    """Messages in the outbox by status."""
+    for status, count in outbox.counts().items():
+        click.echo(f"{status:<8} {count}")
+
+
 def init_app(app: Flask) -> None:
+    from .worker import worker_command
+
     app.cli.add_command(products_cli)
     app.cli.add_command(orders_cli)
+    app.cli.add_command(mail_cli)
     app.cli.add_command(seed_demo)
+    app.cli.add_command(worker_command)

@@ -12,7 +12,8 @@ the checkout page, the success page and any number of concurrent webhook
 deliveries can call it and the change happens exactly once. It returns a
 ``Change`` (or None when nothing changed); the caller passes the changes to
 ``after_commit`` once the transaction has committed: metrics, the
-``paydrop:orders`` message and the receipt e-mail.
+``paydrop:orders`` message, and a nudge to deliver the receipt, which
+``mark_paid`` wrote to the mail outbox in the same transaction as the payment.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from psycopg2 import sql
 
 from .. import metrics
 from ..db import get_db
-from . import grants, mail, order_events, orders
+from . import grants, order_events, orders, outbox
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 class Change:
     order: orders.Order
     grant: grants.Grant | None = None
+    mail_id: int | None = None
 
 
 def _transition(cur: Any, order_id: str, sets: str, allowed: tuple[str, ...],
@@ -83,7 +85,8 @@ def mark_paid(
         return None
     config = current_app.config
     grant = grants.create(cur, order_id, config["DOWNLOAD_TTL_SECONDS"], config["DOWNLOAD_LIMIT"])
-    return Change(_reload(cur, order_id), grant)
+    paid = _reload(cur, order_id)
+    return Change(paid, grant, _queue_receipt(cur, paid, grant))
 
 
 def mark_failed(cur: Any, order_id: str, message: str) -> Change | None:
@@ -133,8 +136,6 @@ def _reload(cur: Any, order_id: str) -> orders.Order:
 
 def after_commit(changes: Iterable[Change | None]) -> None:
     """Side effects of committed changes; never raises for a dependency outage."""
-    from .downloads import download_url
-
     for change in changes:
         if change is None:
             continue
@@ -150,14 +151,16 @@ def after_commit(changes: Iterable[Change | None]) -> None:
                 "currency": order.currency,
             },
         )
-        if order.status == "paid" and change.grant is not None:
-            _send_receipt(order, download_url(change.grant.id), change.grant)
+        if change.mail_id is not None:
+            outbox.kick([change.mail_id])
         log.info("order %s is now %s", order.id, order.status)
 
 
-def _send_receipt(order: orders.Order, link: str, grant: grants.Grant) -> None:
+def _queue_receipt(cur: Any, order: orders.Order, grant: grants.Grant) -> int:
+    from .downloads import download_url
     from .money import format_money
 
+    link = download_url(grant.id)
     body = (
         f"Thank you for your purchase.\n\n"
         f"Order: {order.id}\n"
@@ -168,7 +171,7 @@ def _send_receipt(order: orders.Order, link: str, grant: grants.Grant) -> None:
         f"{grant.expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC. A new link can be requested from "
         f"'My orders' after you create an account with this address.\n"
     )
-    mail.send(order.email, f"Your receipt for {order.product_title}", body)
+    return outbox.enqueue(cur, order.email, f"Your receipt for {order.product_title}", body)
 
 
 def fail(order_id: str, message: str) -> None:

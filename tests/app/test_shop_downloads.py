@@ -126,6 +126,33 @@ def test_a_missing_file_is_503_and_does_not_use_up_the_link(app, stripe_server, 
     assert query(app, "SELECT download_count FROM download_grants") == [{"download_count": 0}]
 
 
+def test_a_missing_file_behind_x_accel_redirect_does_not_use_up_the_link(make_app, stripe_server,
+                                                                        tmp_path):
+    app = make_app({"DOWNLOAD_ACCEL_PREFIX": "/_protected/"})
+    product = add_product(app, tmp_path, slug="asset")
+    client, link = _buy(app, stripe_server)
+    (tmp_path / "assets" / product.asset_key).unlink()
+    response = client.get(link)
+    assert response.status_code == 503
+    assert "X-Accel-Redirect" not in response.headers
+    assert query(app, "SELECT download_count FROM download_grants") == [{"download_count": 0}]
+
+
+def test_a_missing_s3_object_behind_a_presigned_redirect_does_not_use_up_the_link(
+        s3_app, stripe_server, tmp_path):
+    app = s3_app(DOWNLOAD_ACCEL_PREFIX="/_protected/")
+    product = add_product(app, tmp_path, slug="asset")
+    client, link = _buy(app, stripe_server)
+    with app.app_context():
+        from paydrop.shop.storage import get_storage
+
+        storage = get_storage()
+        storage.client.delete_object(Bucket=storage.bucket, Key=product.asset_key)
+    response = client.get(link)
+    assert response.status_code == 503
+    assert query(app, "SELECT download_count FROM download_grants") == [{"download_count": 0}]
+
+
 def test_refunded_order_links_are_403(app, stripe_server, tmp_path):
     add_product(app, tmp_path, slug="asset")
     client, link = _buy(app, stripe_server)

@@ -71,9 +71,16 @@ def download(token: str) -> BaseResponse:
             # Link checkers and mail scanners do not use up downloads.
             cur.connection.rollback()
         body = None
-        if not accel and not head:
+        if not head:
+            # Before the count commits: a missing file must not use up a
+            # download, whoever sends the bytes (the app, or nginx after the
+            # hand-off, which would answer 404 after the count was spent).
             try:
-                body = storage.open_stream(asset.key)
+                if accel:
+                    if not storage.exists(asset.key):
+                        raise StorageError(f"missing object {asset.key!r}")
+                else:
+                    body = storage.open_stream(asset.key)
             except StorageError as exc:
                 # Rolling back un-counts the download.
                 log.error("asset for grant %s is missing: %s", grant_id, exc)

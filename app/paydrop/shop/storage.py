@@ -95,6 +95,9 @@ class LocalStorage:
             shutil.copyfileobj(stream, out, CHUNK)
         partial.replace(path)
 
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
     def open_stream(self, key: str) -> Stream:
         try:
             handle = self.path(key).open("rb")
@@ -127,6 +130,20 @@ class S3Storage:
         self.client.upload_fileobj(
             stream, self.bucket, validate_key(key), ExtraArgs={"ContentType": content_type}
         )
+
+    def exists(self, key: str) -> bool:
+        """True when the object is there; StorageError when S3 cannot say."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"cannot check {key!r}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot check {key!r}: {exc}") from exc
+        return True
 
     def open_stream(self, key: str) -> Stream:
         from botocore.exceptions import ClientError

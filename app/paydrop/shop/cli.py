@@ -144,6 +144,8 @@ def orders_show(order_id: str) -> None:
         ("created", f"{order.created_at:%Y-%m-%d %H:%M:%S %z}"),
         ("paid", f"{order.paid_at:%Y-%m-%d %H:%M:%S %z}" if order.paid_at else "-"),
         ("failure", order.failure_message or "-"),
+        ("refund failed", f"{order.refund_failed_at:%Y-%m-%d %H:%M:%S %z}: "
+                          f"{order.refund_failure_reason}" if order.refund_failed_at else "-"),
     ]
     for label, value in rows:
         click.echo(f"{label:>17}: {value}")
@@ -169,13 +171,33 @@ def orders_refund(order_id: str) -> None:
         refund = get_stripe().refund(order_id=order.id,
                                      payment_intent_id=order.stripe_payment_intent_id)
     except stripe.StripeError as exc:
-        raise click.ClickException(f"Stripe refused the refund: {exc}") from None
+        with get_db().transaction() as cur:
+            fulfilment.record_refund_failure(cur, order.id, f"Stripe refused: {exc}")
+        raise click.ClickException(f"Stripe refused the refund (recorded on the order): "
+                                   f"{exc}") from None
     # charge.refunded will say the same later; the transition happens once.
     with get_db().transaction() as cur:
         change = fulfilment.mark_refunded(cur, order.id, amount_refunded=order.amount, fully=True)
     fulfilment.after_commit([change])
     click.echo(f"refunded {format_money(order.amount, order.currency)} ({refund['id']}); "
                "downloads revoked")
+
+
+@orders_cli.command("restore")
+@click.argument("order_id")
+def orders_restore(order_id: str) -> None:
+    """Give a refunded or disputed order its access back (a support decision)."""
+    order = _order_or_fail(order_id)
+    with get_db().transaction() as cur:
+        change = fulfilment.restore(cur, order.id)
+    if change is None:
+        raise click.ClickException(f"order is {order.status}; only refunded or disputed orders "
+                                   "are restored")
+    fulfilment.after_commit([change])
+    from .downloads import download_url
+
+    assert change.grant is not None  # noqa: S101 - restore always issues a grant
+    click.echo(f"restored {order.id} to paid; new download link: {download_url(change.grant.id)}")
 
 
 @click.command("seed-demo")

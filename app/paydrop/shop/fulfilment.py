@@ -3,8 +3,10 @@
     pending -> paid -> refunded | disputed
     pending -> failed -> paid        (the same payment succeeded after all)
     pending | failed -> refunded | disputed   (events that arrived out of order)
+    disputed -> paid                 (the dispute was won: access comes back)
+    refunded | disputed -> paid      (support restores it: ``paydrop orders restore``)
 
-refunded and disputed are final: an order never goes back to paid.
+Stripe's events never take a refunded order back to paid.
 
 Each ``mark_*`` function runs inside the caller's transaction, locks the order
 row, and changes it with an UPDATE guarded by the allowed source states, so
@@ -126,6 +128,38 @@ def mark_disputed(cur: Any, order_id: str) -> Change | None:
     ):
         return None
     return Change(_reload(cur, order_id))
+
+
+def _restore(cur: Any, order_id: str, allowed: tuple[str, ...]) -> Change | None:
+    """Back to paid with a fresh download link (earlier links stay revoked)."""
+    if orders.lock(cur, order_id) is None:
+        return None
+    if not _transition(cur, order_id, "status = 'paid', revoked_at = NULL, flagged = false",
+                       allowed):
+        return None
+    config = current_app.config
+    grant = grants.create(cur, order_id, config["DOWNLOAD_TTL_SECONDS"], config["DOWNLOAD_LIMIT"])
+    return Change(_reload(cur, order_id), grant)
+
+
+def mark_dispute_won(cur: Any, order_id: str) -> Change | None:
+    """disputed -> paid: the bank sided with us, so the buyer keeps what they paid for."""
+    return _restore(cur, order_id, ("disputed",))
+
+
+def restore(cur: Any, order_id: str) -> Change | None:
+    """Support's decision: a refunded or disputed order is paid again."""
+    return _restore(cur, order_id, ("refunded", "disputed"))
+
+
+def record_refund_failure(cur: Any, order_id: str, reason: str) -> bool:
+    """Note that a refund did not go through (flags the order); True when recorded."""
+    cur.execute(
+        """UPDATE orders SET refund_failed_at = now(), refund_failure_reason = %s, flagged = true,
+               updated_at = now() WHERE id = %s RETURNING id""",
+        (reason[:500], order_id),
+    )
+    return cur.fetchone() is not None
 
 
 def _reload(cur: Any, order_id: str) -> orders.Order:

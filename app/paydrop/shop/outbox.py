@@ -64,8 +64,9 @@ def kick(message_ids: Iterable[int]) -> None:
             for message_id in ids:
                 try:
                     deliver_one(message_id)
-                except Exception:  # noqa: BLE001 - the worker retries whatever happened here
-                    log.exception("could not deliver message %s now; the worker retries", message_id)
+                except Exception as exc:  # noqa: BLE001 - the worker retries whatever happened
+                    log.warning("could not deliver message %s now; the worker retries: %s",
+                                message_id, exc)
 
     _fast_path.submit(deliver)
 

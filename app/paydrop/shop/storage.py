@@ -185,7 +185,9 @@ def init_app(app: Flask) -> None:
 def _refuse_public_directory(app: Flask, root: Path) -> None:
     """Paid files must never sit where a public URL reaches them: the static
     folder is served by Flask and, in production, by nginx from the release."""
-    static = Path(app.static_folder or "").resolve()
+    from ..static_files import STATIC_DIR
+
+    static = STATIC_DIR.resolve()
     resolved = root.resolve()
     if resolved.is_relative_to(static) or static.is_relative_to(resolved):
         raise SettingsError([f"STORAGE_LOCAL_DIR: {root} overlaps the public static folder "

@@ -90,14 +90,20 @@ def client_allowed(address: str | None) -> bool:
     return any(ip in net for net in current_app.config["METRICS_ALLOWED_NETWORKS"])
 
 
+def peer_allowed() -> bool:
+    """True when the TCP peer is in METRICS_ALLOWED_NETWORKS (monitoring hosts, loopback).
+
+    Judges the TCP peer, not the address ProxyFix derived from X-Forwarded-For:
+    nginx never proxies these endpoints, Prometheus scrapes the slot port
+    directly, and a forged X-Forwarded-For must change nothing.
+    """
+    original = request.environ.get("werkzeug.proxy_fix.orig", {})
+    return client_allowed(original.get("REMOTE_ADDR", request.remote_addr))
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
-    # Judge the TCP peer, not the address ProxyFix derived from X-Forwarded-For:
-    # nginx never proxies /metrics, Prometheus scrapes the slot port directly,
-    # and a forged X-Forwarded-For must change nothing.
-    original = request.environ.get("werkzeug.proxy_fix.orig", {})
-    peer = original.get("REMOTE_ADDR", request.remote_addr)
-    if not client_allowed(peer):
+    if not peer_allowed():
         abort(404)
     return Response(generate_latest(_registry()) + _outbox_metrics(), mimetype=CONTENT_TYPE_LATEST)
 

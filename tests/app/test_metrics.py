@@ -5,13 +5,11 @@ in test_gunicorn.py."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
-import re
-
 import pytest
-from paydrop import metrics
 from prometheus_client import REGISTRY
 
 

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
-from email_validator import EmailNotValidError, validate_email
 from argon2.exceptions import InvalidHashError, VerificationError
+from email_validator import EmailNotValidError, validate_email
 from flask import (
     Blueprint,
     abort,
@@ -315,10 +315,10 @@ def _user_for_reset(token: str) -> users.User | None:
             token, max_age=current_app.config["PASSWORD_RESET_TTL_SECONDS"])
     except BadSignature:  # includes SignatureExpired
         return None
-    if not isinstance(claim, dict):
+    if not isinstance(claim, dict) or not isinstance(claim.get("user"), int):
         return None
     with get_db().transaction() as cur:
-        user = users.get(cur, claim.get("user"))
+        user = users.get(cur, claim["user"])
     if user is None or not hmac.compare_digest(str(claim.get("password")),
                                                _password_fingerprint(user)):
         return None

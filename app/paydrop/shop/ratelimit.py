@@ -5,11 +5,13 @@ and registration attempt per client IP. ``LOGIN_ACCOUNT_RATE_LIMIT`` counts
 only *failed passwords* per account, and only from clients the IP limit still
 lets through: so one stranger can add at most LOGIN_RATE_LIMIT failures per
 window to someone else's account, and the owner logging in never counts.
-``CHECKOUT_RATE_LIMIT`` covers starting a card payment; ``LINK_REISSUE_RATE_LIMIT``
-new download links per account.
+``CHECKOUT_RATE_LIMIT`` covers starting a card payment (what it does and does
+not stop: app/README.md, "Abuse limits"); ``LINK_REISSUE_RATE_LIMIT`` new
+download links per account; ``PASSWORD_RESET_RATE_LIMIT`` reset mails per address.
 
 A client IP is the IPv4 address, or the IPv6 /64 it sits in: one IPv6 host
-usually holds a whole /64 and could otherwise take a fresh address per request. Exceeding a limit raises ``Throttled``, which the error handlers
+usually holds a whole /64 and could otherwise take a fresh address per request.
+Exceeding a limit raises ``Throttled``, which the error handlers
 turn into a 429 page with Retry-After. If Redis cannot count (down, full,
 erroring) the throttle fails closed: ``ThrottleUnavailable``, a 503 page with
 Retry-After, because a limiter that lets everything through when its store is

@@ -62,7 +62,7 @@ def budget(seconds: float) -> Iterator[None]:
 class _BudgetedSession(requests.Session):
     """Cuts each request's timeout to the time left in the current budget."""
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any,  # type: ignore[override]
+    def request(self, method: str | bytes, url: str | bytes, *args: Any,
                 **kwargs: Any) -> requests.Response:
         remaining = _remaining()
         if remaining is not None:
@@ -70,7 +70,7 @@ class _BudgetedSession(requests.Session):
                 raise requests.exceptions.Timeout("the time allowed for Stripe calls is used up")
             timeout = kwargs.get("timeout")
             kwargs["timeout"] = min(timeout, remaining) if timeout else remaining
-        return super().request(method, url, *args, **kwargs)
+        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
 
 
 class _BudgetedRequestsClient(stripe.RequestsClient):

@@ -93,7 +93,7 @@ def verified_user_id(cur: Any, email: str) -> int | None:
 
 
 def _delete_unverified(cur: Any, older_than_seconds: int, email: str | None = None) -> int:
-    where = sql.SQL("""email_verified_at IS NULL
+    where: sql.Composable = sql.SQL("""email_verified_at IS NULL
         AND created_at < now() - make_interval(secs => %s)""")
     params: list[Any] = [older_than_seconds]
     if email is not None:

@@ -212,3 +212,48 @@ def test_a_customer_resets_a_forgotten_password(make_app, smtp, browser):
     finally:
         context.close()
         server.stop()
+
+
+def test_a_slow_stripe_gets_an_honest_message_and_pay_again_charges_once(make_app, stripe_server,
+                                                                         browser, tmp_path):
+    """The server gives up on Stripe inside its budget; the page says the outcome
+    is unknown (never "no money was taken"), and Pay again resumes the same order."""
+    from tests.support.live import LiveServer
+    from tests.support.servers import free_port
+    from tests.support.slow_stripe import SlowStripe
+
+    with SlowStripe(stripe_server.url) as slow:
+        port = free_port()
+        app = make_app({"PUBLIC_URL": f"http://127.0.0.1:{port}", "STRIPE_API_BASE": slow.url,
+                        "STRIPE_TIMEOUT_SECONDS": "2", "STRIPE_PAY_BUDGET_SECONDS": "3"})
+        add_product(app, tmp_path, slug="field-guide", title="Field Guide", price=500)
+        server = LiveServer(app, port).start()
+        context = browser.new_context()
+        context.set_default_timeout(15_000)
+        page = context.new_page()
+        try:
+            slow.delay("POST", "/v1/payment_intents", 6)
+            page.goto(f"{server.url}/products/field-guide")
+            page.get_by_label("E-mail address for your receipt").fill("guest@example.com")
+            _fill_card(page, "visa")
+            page.get_by_role("button", name=re.compile("^Pay")).click()
+            alert = page.get_by_role("alert")
+            alert.wait_for()
+            message = alert.inner_text()
+            assert "do not know yet whether your card was charged" in message
+            assert "No money was taken" not in message
+            assert alert.get_by_role("link", name="See the order.").is_visible()
+            assert _orders(app) == [{"status": "pending", "failure_message": None}]
+
+            slow.wait_idle()
+            slow.delay("POST", "/v1/payment_intents", 0)
+            page.get_by_role("button", name=re.compile("^Pay")).click()
+            page.wait_for_url(re.compile(r"/checkout/orders/"))
+            assert page.get_by_role("heading", name="Thank you! Your order is paid.").is_visible()
+            assert _orders(app) == [{"status": "paid", "failure_message": None}]
+            creates = slow.calls("POST", "/v1/payment_intents")
+            assert [c.forwarded for c in creates].count(True) == 1
+            assert len({c.idempotency_key for c in creates}) == 1
+        finally:
+            context.close()
+            server.stop()

@@ -125,3 +125,22 @@ def test_link_reissue_is_capped_per_order(make_app, tmp_path, stripe_server):
                    (order_id,))
     assert grants == [{"n": 3}]  # the first link and two reissues
     assert "no more new links" in messages[-1]
+
+
+def test_a_session_over_its_memory_budget_is_never_stored(app, redis_client):
+    from flask import session
+    from paydrop.shop.sessions import MAX_SESSION_BYTES
+
+    @app.get("/_test/session/<int:size>")
+    def grow(size: int) -> str:
+        session["user_id"] = 1
+        session["note"] = "x" * size
+        return "ok"
+
+    small = app.test_client()
+    small.get("/_test/session/100")
+    assert len(redis_client.keys("paydrop:session:*")) == 1
+    big = app.test_client()
+    big.get(f"/_test/session/{MAX_SESSION_BYTES}")
+    assert len(redis_client.keys("paydrop:session:*")) == 1
+    assert big.get_cookie("paydrop_session") is None

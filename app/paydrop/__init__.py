@@ -25,7 +25,8 @@ def create_app(environ: Mapping[str, str] | None = None, **overrides: Any) -> Fl
     if not config.get("APP_VERSION"):
         config["APP_VERSION"] = __version__
 
-    app = Flask(__name__)
+    # static_folder=None: static_files serves /static/ under content-hashed names.
+    app = Flask(__name__, static_folder=None)
     app.config.update(config)
     if config["TRUSTED_PROXY_COUNT"]:
         # Behind the load balancer the client's address and scheme come from
@@ -44,8 +45,9 @@ def create_app(environ: Mapping[str, str] | None = None, **overrides: Any) -> Fl
 
     observability.init_app(app)
 
-    from . import health, migrate
+    from . import health, migrate, static_files
 
+    static_files.init_app(app)
     app.register_blueprint(health.bp)
     migrate.init_app(app)
 

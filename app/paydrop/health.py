@@ -9,7 +9,10 @@
     old release keeps serving after the new release migrated). 200 or 503; the
     load balancer and the deploy gate use this.
 ``/api/health``
-    The seed's JSON shape: status, version, environment, uptime and checks for
+    Only for monitoring hosts and loopback (METRICS_ALLOWED_NETWORKS, judged
+    on the TCP peer like /metrics; 404 for anyone else): it tells an attacker
+    the release, uptime and dependencies. The seed's JSON shape: status,
+    version, environment, uptime and checks for
     database, redis and stripe. 503 exactly when not ready. Stripe is reported
     but only ever makes the status "degraded" (still 200): a slow or broken
     Stripe must not take the shop out of the load balancer.
@@ -34,7 +37,7 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 import stripe
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, abort, current_app, jsonify
 from flask.blueprints import BlueprintSetupState
 
 from . import metrics, migrate
@@ -202,6 +205,8 @@ def ready() -> tuple[Response, int]:
 
 @bp.get("")
 def health() -> tuple[Response, int]:
+    if not metrics.peer_allowed():
+        abort(404)
     checks, details, is_ready = _readiness()
     stripe_status, stripe_age = current_app.extensions[_STRIPE_PROBE].status()
     checks["stripe"] = stripe_status

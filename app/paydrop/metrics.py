@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterator
 
 from flask import Blueprint, Response, abort, current_app, request
 from prometheus_client import (
@@ -26,6 +27,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 REQUESTS = Counter(
     "paydrop_http_requests_total",
@@ -88,13 +90,50 @@ def client_allowed(address: str | None) -> bool:
     return any(ip in net for net in current_app.config["METRICS_ALLOWED_NETWORKS"])
 
 
+def peer_allowed() -> bool:
+    """True when the TCP peer is in METRICS_ALLOWED_NETWORKS (monitoring hosts, loopback).
+
+    Judges the TCP peer, not the address ProxyFix derived from X-Forwarded-For:
+    nginx never proxies these endpoints, Prometheus scrapes the slot port
+    directly, and a forged X-Forwarded-For must change nothing.
+    """
+    original = request.environ.get("werkzeug.proxy_fix.orig", {})
+    return client_allowed(original.get("REMOTE_ADDR", request.remote_addr))
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
-    # Judge the TCP peer, not the address ProxyFix derived from X-Forwarded-For:
-    # nginx never proxies /metrics, Prometheus scrapes the slot port directly,
-    # and a forged X-Forwarded-For must change nothing.
-    original = request.environ.get("werkzeug.proxy_fix.orig", {})
-    peer = original.get("REMOTE_ADDR", request.remote_addr)
-    if not client_allowed(peer):
+    if not peer_allowed():
         abort(404)
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()) + _outbox_metrics(), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _OutboxCollector:
+    """Outbox messages by status, read from the database at scrape time (the
+    worker is a separate process that nothing scrapes; the table is the truth)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "paydrop_outbox_messages",
+            "Mail outbox messages by status (pending, sent, skipped, dead: gave up).",
+            labels=["status"],
+        )
+        for status, count in self._counts.items():
+            family.add_metric([status], count)
+        yield family
+
+
+def _outbox_metrics() -> bytes:
+    from .shop import outbox
+
+    try:
+        counts = outbox.counts()
+    except Exception:  # noqa: BLE001 - the other metrics still matter when the database is down
+        DEPENDENCY_ERRORS.labels(dependency="database").inc()
+        return b""
+    registry = CollectorRegistry()
+    registry.register(_OutboxCollector(counts))
+    return generate_latest(registry)

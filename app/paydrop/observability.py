@@ -7,8 +7,9 @@
 * Redaction happens in a logging filter on the handler, so it covers every
   logger (ours, Flask's, psycopg2's error texts, gunicorn's): the values of the
   secret settings (``settings.SECRET_NAMES``), Stripe-key-looking strings,
-  card-number-like digit runs, and tokens in ``/downloads/...`` and
-  ``/account/verify/...`` paths. Query strings are never logged, and a request
+  card-number-like digit runs, and tokens in ``/downloads/...``,
+  ``/account/verify/...`` and ``/account/password/reset/...`` paths. Query
+  strings are never logged, and a request
   that matched a route logs the route template as its path, never the raw path
   (which may carry a token); only unmatched requests log their (redacted) path.
 * Request ids: a sane ``X-Request-ID`` from the client (nginx sets one) is kept,
@@ -52,7 +53,7 @@ _STRIPE_KEY = re.compile(r"\b(?:sk|rk|whsec)_[A-Za-z0-9_]{8,}")
 # The token and anything after it (a query string can carry a token too), but
 # not a route template such as /downloads/<token>. Download links and
 # address-confirmation links both carry bearer tokens in the path.
-_DOWNLOAD_TOKEN = re.compile(r"(/(?:downloads|account/verify)/)(?!<\w+>)[^\s\"']+")
+_DOWNLOAD_TOKEN = re.compile(r"(/(?:downloads|account/verify|account/password/reset)/)(?!<\w+>)[^\s\"']+")
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -227,7 +228,12 @@ def _after_request(response: Response) -> Response:
 def init_app(app: Flask) -> None:
     from . import metrics
 
-    REDACTOR.add_secrets(str(app.config.get(name) or "") for name in settings.SECRET_NAMES)
+    values: list[str] = []
+    for name in settings.SECRET_NAMES:
+        value = app.config.get(name) or ""
+        # Lists of secrets (key fallbacks, webhook secrets) are redacted one by one.
+        values.extend(value if isinstance(value, tuple) else [str(value)])
+    REDACTOR.add_secrets(values)
     configure_logging(app.config["LOG_LEVEL"])
     app.before_request(_before_request)
     app.after_request(_after_request)

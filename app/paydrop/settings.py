@@ -116,6 +116,20 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _secret_key_list(value: str) -> tuple[str, ...]:
+    keys = tuple(part.strip() for part in value.split(",") if part.strip())
+    for key in keys:
+        _secret_key(key)
+    return keys
+
+
+def _secret_list(value: str) -> tuple[str, ...]:
+    secrets = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not secrets:
+        raise ValueError("must hold at least one secret")
+    return secrets
+
+
 def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip())
 
@@ -134,6 +148,9 @@ _DB_URL = _url("postgresql", "postgres")
 SETTINGS: tuple[Setting, ...] = (
     # Core
     Setting("SECRET_KEY", _secret_key, secret=True, help="signs sessions, CSRF tokens and download links"),
+    Setting("SECRET_KEY_FALLBACKS", _secret_key_list, "", secret=True,
+            help="previous SECRET_KEYs, comma-separated: links and tokens they signed stay valid "
+                 "until they expire (key rotation); nothing new is signed with them"),
     Setting("APP_ENVIRONMENT", default="production", help="shown in /api/health"),
     Setting("APP_VERSION", default="", help="release shown in /api/health and X-Release"),
     Setting("APP_EXPOSE_RELEASE_HEADER", _bool, "false", help="add X-Release to every response"),
@@ -157,10 +174,15 @@ SETTINGS: tuple[Setting, ...] = (
     # Stripe
     Setting("STRIPE_SECRET_KEY", secret=True),
     Setting("STRIPE_PUBLISHABLE_KEY"),
-    Setting("STRIPE_WEBHOOK_SECRET", secret=True),
+    Setting("STRIPE_WEBHOOK_SECRET", _secret_list, secret=True,
+            help="webhook signing secret(s), comma-separated: an event signed with any of them is "
+                 "accepted (list the new and the old one while rolling a secret)"),
     Setting("STRIPE_API_BASE", _url("http", "https"), "https://api.stripe.com"),
     Setting("STRIPE_JS_URL", _url("http", "https"), "https://js.stripe.com/v3/"),
-    Setting("STRIPE_TIMEOUT_SECONDS", _positive_int, "10"),
+    Setting("STRIPE_TIMEOUT_SECONDS", _positive_int, "10", help="one Stripe request, at most"),
+    Setting("STRIPE_PAY_BUDGET_SECONDS", _positive_int, "25",
+            help="all Stripe calls of one payment request together, retries included; must stay "
+                 "below the load balancer's proxy read timeout (35 s) so the buyer gets our answer"),
     Setting("CHECKOUT_MODE", _choice("payment_intent", "checkout_session"), "payment_intent",
             help="card form on our page (default) or Stripe-hosted Checkout"),
     # Downloads and storage
@@ -182,6 +204,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SMTP_PASSWORD", default="", secret=True),
     Setting("SMTP_FROM", default="shop@localhost"),
     Setting("SMTP_STARTTLS", _bool, "true"),
+    Setting("MAIL_MAX_ATTEMPTS", _positive_int, "8",
+            help="delivery attempts of one message before it is dead (shown in /metrics)"),
+    Setting("MAIL_RETRY_BASE_SECONDS", _positive_int, "30",
+            help="wait before the second attempt; doubles for each next one (at most 1 h)"),
+    # The worker (`paydrop worker`)
+    Setting("WORKER_POLL_SECONDS", _positive_int, "5",
+            help="how often the worker looks for due mail and old pending orders"),
+    Setting("PENDING_ORDER_TTL_SECONDS", _positive_int, "3600",
+            help="an order still pending this long without a Stripe payment is marked failed "
+                 "by the worker (a late payment still turns it paid)"),
     # Operations
     Setting("METRICS_ALLOWED_NETWORKS", _networks, "127.0.0.0/8,::1/128",
             help="client networks allowed to read /metrics"),
@@ -191,7 +223,21 @@ SETTINGS: tuple[Setting, ...] = (
             help="reverse proxies in front of the app whose X-Forwarded-For/-Proto to trust"
                  " (1 behind the nginx load balancer; 0 when clients connect directly)"),
     Setting("LOGIN_RATE_LIMIT", _rate_limit, "10/300",
-            help="attempts/seconds allowed per IP and per account for login and registration"),
+            help="log-in and registration attempts/seconds allowed per client IP (IPv6: per /64)"),
+    Setting("LOGIN_ACCOUNT_RATE_LIMIT", _rate_limit, "20/900",
+            help="failed passwords/seconds per account before its log-in pauses; only attempts "
+                 "the per-IP limit let through count, so keep it above LOGIN_RATE_LIMIT"),
+    Setting("PASSWORD_RESET_TTL_SECONDS", _positive_int, "3600",
+            help="how long a password reset link works (it also stops after one use)"),
+    Setting("PASSWORD_RESET_RATE_LIMIT", _rate_limit, "3/3600",
+            help="reset mails/seconds per address (the per-IP LOGIN_RATE_LIMIT applies too)"),
+    Setting("UNVERIFIED_ACCOUNT_TTL_SECONDS", _positive_int, str(7 * 24 * 3600),
+            help="an account whose address is not confirmed within this time expires, and a "
+                 "new sign-up for the address may replace it"),
+    Setting("LINK_REISSUE_LIMIT", _positive_int, "5",
+            help="new download links a buyer may request per order, in its whole life"),
+    Setting("LINK_REISSUE_RATE_LIMIT", _rate_limit, "5/3600",
+            help="new download links/seconds per account"),
     Setting("CHECKOUT_RATE_LIMIT", _rate_limit, "30/300",
             help="card payments started per IP per window (attempts/seconds; slows card testing)"),
 )

@@ -21,7 +21,7 @@ from tests.support.servers import LocalStripeServer, PostgresServer, RedisServer
 from tests.support.shop import WEBHOOK_SECRET
 
 TEST_DATABASE = "paydrop_test"
-SHOP_TABLES = "stripe_events, download_grants, orders, users, products"
+SHOP_TABLES = "outbox, stripe_events, download_grants, orders, users, products"
 
 
 @pytest.fixture(scope="session")

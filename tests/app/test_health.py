@@ -232,3 +232,19 @@ def test_a_busy_pool_is_waited_on_no_longer_than_the_health_timeout(
         with pytest.raises(psycopg2.pool.PoolError):
             health._database_schema_version(get_db(), 1)
         assert time.monotonic() - started < 4.0
+
+
+def test_full_health_answers_only_monitoring_and_loopback(make_app) -> None:
+    """The details (release, uptime, dependencies) are for monitoring; readiness
+    and liveness stay public (load balancers and orchestration use them)."""
+    client = make_app({"TRUSTED_PROXY_COUNT": "1",
+                       "METRICS_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128,10.20.0.5/32"}).test_client()
+    public = {"REMOTE_ADDR": "203.0.113.50"}
+    assert client.get("/api/health", environ_base=public).status_code == 404
+    forged = client.get("/api/health", environ_base=public,
+                        headers={"X-Forwarded-For": "127.0.0.1"})
+    assert forged.status_code == 404
+    for allowed in ("127.0.0.1", "10.20.0.5", "::1"):
+        assert client.get("/api/health", environ_base={"REMOTE_ADDR": allowed}).status_code == 200
+    assert client.get("/api/health/ready", environ_base=public).status_code == 200
+    assert client.get("/api/health/live", environ_base=public).status_code == 200

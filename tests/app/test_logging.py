@@ -79,7 +79,17 @@ def test_webhook_secret_and_card_numbers_never_reach_the_log(
     forged = event("payment_intent.succeeded", {"id": "pi_x", "object": "payment_intent",
                                                 "card": {"number": CARD}})
     body, headers = signed(forged, secret="whsec_not_ours")
+    # The forged header carries card data too, in case anything logs headers.
+    headers["Stripe-Signature"] += f",card={CARD},secret={WEBHOOK_SECRET}"
     assert client.post("/api/webhooks/stripe", data=body, headers=headers).status_code == 400
+    rejected = [line for line in _lines(capsys.readouterr().out)
+                if "bad signature" in line.get("message", "")]
+    # The rejection is logged (so this half checks a line that exists) ...
+    assert len(rejected) == 1 and rejected[0]["level"] == "WARNING", rejected
+    # ... without the body, the header or anything they carry.
+    assert CARD not in json.dumps(rejected) and "pi_x" not in json.dumps(rejected)
+    assert WEBHOOK_SECRET not in json.dumps(rejected)
+    assert headers["Stripe-Signature"].split(",")[1] not in json.dumps(rejected)
     body, headers = signed(event("customer.created", {"id": "cus_x", "object": "customer",
                                                       "description": f"card {CARD}"}))
     assert client.post("/api/webhooks/stripe", data=body, headers=headers).status_code < 300

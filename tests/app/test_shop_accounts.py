@@ -4,6 +4,7 @@ and guest orders that join an account once its address is confirmed."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -26,9 +27,10 @@ def mail_app(make_app, smtp):
                      "SMTP_STARTTLS": "false", "PUBLIC_URL": "https://shop.example"})
 
 
-def _form(client, path, **fields):
-    token = csrf_from(client.get(path).get_data(as_text=True))
-    return client.post(path, data={"csrf_token": token, **fields})
+def _form(client, path, environ_base=None, **fields):
+    environ_base = environ_base or {}
+    token = csrf_from(client.get(path, environ_base=environ_base).get_data(as_text=True))
+    return client.post(path, data={"csrf_token": token, **fields}, environ_base=environ_base)
 
 
 def register(client, email="reader@example.com", password=PASSWORD, confirm=None):
@@ -36,8 +38,9 @@ def register(client, email="reader@example.com", password=PASSWORD, confirm=None
                  password_confirm=confirm if confirm is not None else password)
 
 
-def login(client, email="reader@example.com", password=PASSWORD, **extra):
-    return _form(client, "/account/login", email=email, password=password, **extra)
+def login(client, email="reader@example.com", password=PASSWORD, environ_base=None, **extra):
+    return _form(client, "/account/login", environ_base=environ_base, email=email,
+                 password=password, **extra)
 
 
 def test_register_stores_an_argon2_hash_and_logs_in(app, client):
@@ -72,13 +75,15 @@ def test_sessions_live_in_redis_and_rotate_on_login_and_logout(app, client, redi
     assert client.get("/account/orders").status_code == 302
 
     token = csrf_from(client.get("/account/login").get_data(as_text=True))
-    anonymous = client.get_cookie("paydrop_session")
+    assert client.get_cookie("paydrop_session") is None  # a visitor has no server session
+    planted = "planted-by-someone-else-" + "x" * 30
+    client.set_cookie("paydrop_session", planted)
     response = client.post("/account/login", data={"csrf_token": token,
                                                    "email": "reader@example.com",
                                                    "password": PASSWORD})
     assert response.status_code == 302
     cookie = client.get_cookie("paydrop_session")
-    assert cookie.value != anonymous.value  # no session fixation
+    assert cookie.value != planted  # no session fixation
     assert cookie.http_only and cookie.same_site == "Lax"
     assert len(cookie.value) >= 40 and "reader" not in cookie.value
     keys = redis_client.keys("paydrop:session:*")
@@ -93,14 +98,17 @@ def test_sessions_live_in_redis_and_rotate_on_login_and_logout(app, client, redi
     assert client.get("/account/orders").status_code == 302
 
 
-def test_anonymous_sessions_are_short_lived_until_log_in(app, client, redis_client):
+def test_a_visitor_gets_a_signed_csrf_cookie_and_a_redis_session_only_at_log_in(
+        app, client, redis_client):
     register(client)
     client.delete_cookie("paydrop_session")
+    client.delete_cookie("paydrop_csrf")
     redis_client.flushdb()
-    client.get("/account/login")  # writes a session for the CSRF token
-    [key] = redis_client.keys("paydrop:session:*")
-    assert 0 < redis_client.ttl(key) <= app.config["ANONYMOUS_SESSION_TTL_SECONDS"] == 3600
-    assert client.get_cookie("paydrop_session").expires is not None
+    client.get("/account/login")
+    assert redis_client.keys("paydrop:session:*") == []
+    assert client.get_cookie("paydrop_session") is None
+    csrf_cookie = client.get_cookie("paydrop_csrf")
+    assert csrf_cookie.http_only and csrf_cookie.expires is not None
 
     assert login(client).status_code == 302
     [key] = redis_client.keys("paydrop:session:*")
@@ -152,6 +160,8 @@ def test_secure_cookie_setting(make_app):
     app = make_app({"SESSION_COOKIE_SECURE": "true"})
     client = app.test_client()
     client.get("/account/login")
+    assert client.get_cookie("paydrop_csrf").secure
+    assert register(client).status_code == 302
     assert client.get_cookie("paydrop_session").secure
 
 
@@ -191,12 +201,17 @@ def test_orders_page_needs_login(client):
 
 
 def test_login_is_throttled_per_account(make_app):
-    app = make_app(LOGIN_RATE_LIMIT="3/300")
-    attacker = app.test_client()
-    for _ in range(3):
-        response = login(attacker, email="victim@example.com", password="guess guess guess")
+    """Failed passwords from many addresses (each far under the per-IP limit)
+    pause the account's log-in, even for the right password."""
+    app = make_app(LOGIN_RATE_LIMIT="3/300", LOGIN_ACCOUNT_RATE_LIMIT="3/300")
+    register(app.test_client(), email="victim@example.com")
+    for i in range(3):
+        response = login(app.test_client(), email="victim@example.com",
+                         password="guess guess guess",
+                         environ_base={"REMOTE_ADDR": f"203.0.113.{i + 1}"})
         assert response.status_code == 401
-    response = login(attacker, email="victim@example.com")
+    response = login(app.test_client(), email="victim@example.com",
+                     environ_base={"REMOTE_ADDR": "198.51.100.77"})
     assert response.status_code == 429
     assert int(response.headers["Retry-After"]) > 0
     assert "Too many attempts" in response.get_data(as_text=True)
@@ -308,14 +323,26 @@ def test_without_smtp_host_the_receipt_is_logged_and_skipped(app, stripe_server,
     add_product(app, tmp_path, slug="field-guide")
     with caplog.at_level("INFO", logger="paydrop.shop.mail"):
         assert Shopper(app.test_client(), stripe_server.url).buy("field-guide").status_code == 200
+        _wait_for_outbox(app, "skipped")
     assert any("SMTP_HOST is empty" in r.getMessage() for r in caplog.records)
     assert not any("/downloads/" in r.getMessage() for r in caplog.records)
 
 
+def _wait_for_outbox(app, status, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if query(app, "SELECT id FROM outbox WHERE status = %s", (status,)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no outbox message became {status}")
+
+
 def test_without_smtp_host_mail_bodies_and_links_are_not_logged(make_app, caplog):
-    client = make_app({"APP_ENVIRONMENT": "development"}).test_client()
+    app = make_app({"APP_ENVIRONMENT": "development"})
+    client = app.test_client()
     with caplog.at_level("INFO", logger="paydrop.shop.mail"):
         assert register(client, email="reader@example.com").status_code == 302
+        _wait_for_outbox(app, "skipped")
     [record] = [r for r in caplog.records if r.name == "paydrop.shop.mail"]
     message = record.getMessage()
     assert "'Confirm your e-mail address'" in message and "reader@example.com" in message

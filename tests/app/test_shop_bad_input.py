@@ -140,11 +140,18 @@ def test_posts_without_csrf_token_are_refused(shop):
 
 
 def test_a_csrf_token_from_another_session_is_refused(shop, app):
+    """The other client has a CSRF token of its own (its own page view), so the
+    server really compares two tokens; its own token passes (the control)."""
     _app, shopper = shop
-    other = app.test_client()
-    response = other.post("/checkout/field-guide/setup-intent", json={},
-                          headers={"X-CSRFToken": shopper.csrf})
+    other = Shopper(app.test_client(), shopper.stripe_url)
+    other.open("field-guide")
+    assert other.csrf and other.client.get_cookie("paydrop_csrf") is not None
+    assert other.csrf != shopper.csrf
+    response = other.client.post("/checkout/field-guide/setup-intent", json={},
+                                 headers={"X-CSRFToken": shopper.csrf})
     assert response.status_code == 400
+    assert "expired" in response.get_json()["error"]
+    assert other.post("/checkout/field-guide/setup-intent").status_code == 200
 
 
 def test_oversized_bodies_are_413(make_app, tmp_path, stripe_server):
@@ -199,3 +206,38 @@ def test_someone_elses_order_page_is_404(shop, app, stripe_server):
     assert shopper.client.get(order_url).status_code == 200
     assert app.test_client().get(order_url).status_code == 404
     assert app.test_client().get("/checkout/orders/not-a-uuid").status_code == 404
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\x07", "\x1b[2J", "\x7f"])
+def test_control_characters_in_any_field_are_400_never_500(shop, bad):
+    app, shopper = shop
+    client = shopper.client
+    before = _counts(app)
+    token = csrf_from(client.get("/account/register").get_data(as_text=True))
+    posts = [
+        ("/account/register", {"email": f"a{bad}b@example.com", "password": "x" * 12,
+                               "password_confirm": "x" * 12}),
+        ("/account/register", {"email": "ok@example.com", "password": f"x{bad}" * 6,
+                               "password_confirm": f"x{bad}" * 6}),
+        ("/account/login", {"email": f"a{bad}@example.com", "password": "x" * 12}),
+        ("/account/login", {"email": "a@example.com", "password": "x" * 12,
+                            "next": f"/account/orders{bad}"}),
+    ]
+    for path, data in posts:
+        response = client.post(path, data={"csrf_token": token, **data})
+        assert response.status_code == 400, (path, data)
+    response = shopper.post("/checkout/field-guide/pay",
+                            {"setup_intent_id": "seti_x", "email": f"a{bad}@example.com"})
+    assert response.status_code == 400
+    assert client.get(f"/products/field-guide?canceled={bad}").status_code == 400
+    assert _counts(app) == before
+
+
+@pytest.mark.parametrize("address", ["a..b@example.com", "user@localhost", "a@b", "@example.com",
+                                     "user@exa mple.com", "user@example.test"])
+def test_invalid_addresses_are_refused_by_a_real_validator(client, address):
+    token = csrf_from(client.get("/account/register").get_data(as_text=True))
+    response = client.post("/account/register", data={
+        "csrf_token": token, "email": address, "password": "x" * 12, "password_confirm": "x" * 12})
+    assert response.status_code == 400
+    assert "Enter a valid e-mail address." in response.get_data(as_text=True)

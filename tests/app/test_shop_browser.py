@@ -154,3 +154,106 @@ def test_three_d_secure_refused_when_the_card_is_set_up_creates_no_order(shop):
     alert.wait_for()
     assert "authentication failed" in alert.inner_text()
     assert _orders(app) == []
+
+
+@pytest.fixture
+def smtp():
+    from tests.support.smtp import FakeSmtpServer
+
+    server = FakeSmtpServer().start()
+    yield server
+    server.stop()
+
+
+def test_a_customer_resets_a_forgotten_password(make_app, smtp, browser):
+    from tests.support.live import LiveServer
+    from tests.support.servers import free_port
+
+    port = free_port()
+    app = make_app({"PUBLIC_URL": f"http://127.0.0.1:{port}", "SMTP_HOST": "127.0.0.1",
+                    "SMTP_PORT": str(smtp.port), "SMTP_STARTTLS": "false"})
+    server = LiveServer(app, port).start()
+    context = browser.new_context()
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        page.goto(f"{server.url}/account/register")
+        page.get_by_label("E-mail address").fill("reader@example.com")
+        page.get_by_label("Password", exact=True).fill("the forgotten password")
+        page.get_by_label("Password again").fill("the forgotten password")
+        page.get_by_role("button", name="Create account").click()
+        page.wait_for_url(re.compile(r"/account/orders$"))
+        page.get_by_role("button", name="Log out").click()
+
+        page.goto(f"{server.url}/account/login")
+        page.get_by_role("link", name="Forgot your password?").click()
+        page.get_by_label("E-mail address").fill("reader@example.com")
+        page.get_by_role("button", name="Send the link").click()
+        page.wait_for_url(re.compile(r"/account/login$"))
+        assert page.get_by_text("If an account exists for that address").is_visible()
+
+        mail = smtp.wait_for(2)[-1].get_content()
+        link = re.search(r"http://127\.0\.0\.1:\d+/account/password/reset/\S+", mail).group(0)
+        page.goto(link)
+        page.get_by_label("New password", exact=True).fill("my brand new password")
+        page.get_by_label("New password again").fill("my brand new password")
+        page.get_by_role("button", name="Change the password").click()
+        page.wait_for_url(re.compile(r"/account/orders$"))
+        assert page.get_by_text("Your password is changed").is_visible()
+
+        page.get_by_role("button", name="Log out").click()
+        page.goto(f"{server.url}/account/login")
+        page.get_by_label("E-mail address").fill("reader@example.com")
+        page.get_by_label("Password").fill("my brand new password")
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(re.compile(r"/account/orders$"))
+        page.goto(link)
+        assert page.get_by_text("expired or was already used").is_visible()
+    finally:
+        context.close()
+        server.stop()
+
+
+def test_a_slow_stripe_gets_an_honest_message_and_pay_again_charges_once(make_app, stripe_server,
+                                                                         browser, tmp_path):
+    """The server gives up on Stripe inside its budget; the page says the outcome
+    is unknown (never "no money was taken"), and Pay again resumes the same order."""
+    from tests.support.live import LiveServer
+    from tests.support.servers import free_port
+    from tests.support.slow_stripe import SlowStripe
+
+    with SlowStripe(stripe_server.url) as slow:
+        port = free_port()
+        app = make_app({"PUBLIC_URL": f"http://127.0.0.1:{port}", "STRIPE_API_BASE": slow.url,
+                        "STRIPE_TIMEOUT_SECONDS": "2", "STRIPE_PAY_BUDGET_SECONDS": "3"})
+        add_product(app, tmp_path, slug="field-guide", title="Field Guide", price=500)
+        server = LiveServer(app, port).start()
+        context = browser.new_context()
+        context.set_default_timeout(15_000)
+        page = context.new_page()
+        try:
+            slow.delay("POST", "/v1/payment_intents", 6)
+            page.goto(f"{server.url}/products/field-guide")
+            page.get_by_label("E-mail address for your receipt").fill("guest@example.com")
+            _fill_card(page, "visa")
+            page.get_by_role("button", name=re.compile("^Pay")).click()
+            alert = page.get_by_role("alert")
+            alert.wait_for()
+            message = alert.inner_text()
+            assert "do not know yet whether your card was charged" in message
+            assert "No money was taken" not in message
+            assert alert.get_by_role("link", name="See the order.").is_visible()
+            assert _orders(app) == [{"status": "pending", "failure_message": None}]
+
+            slow.wait_idle()
+            slow.delay("POST", "/v1/payment_intents", 0)
+            page.get_by_role("button", name=re.compile("^Pay")).click()
+            page.wait_for_url(re.compile(r"/checkout/orders/"))
+            assert page.get_by_role("heading", name="Thank you! Your order is paid.").is_visible()
+            assert _orders(app) == [{"status": "paid", "failure_message": None}]
+            creates = slow.calls("POST", "/v1/payment_intents")
+            assert [c.forwarded for c in creates].count(True) == 1
+            assert len({c.idempotency_key for c in creates}) == 1
+        finally:
+            context.close()
+            server.stop()

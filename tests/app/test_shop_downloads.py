@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
@@ -30,10 +31,36 @@ def _buy(app, stripe_server, slug="asset"):
 
 
 def test_local_files_are_not_under_any_public_url(app, client, tmp_path):
-    product = add_product(app, tmp_path, slug="asset")
-    for path in (f"/static/{product.asset_key}", f"/{product.asset_key}",
-                 f"/static/../assets/{product.asset_key}", "/assets/" + product.asset_key):
-        assert client.get(path).status_code == 404, path
+    """Every GET route, fed the asset's key and its pieces, never returns the
+    file; the file really is on disk (so a route serving it would be caught)."""
+    content = b"paid content " + secrets.token_bytes(16)
+    product = add_product(app, tmp_path, slug="asset", content=content)
+    stored = Path(app.config["STORAGE_LOCAL_DIR"]) / product.asset_key
+    assert stored.read_bytes() == content
+    pieces = {product.asset_key, product.asset_filename, *product.asset_key.split("/"),
+              f"../{product.asset_key}", f"../assets/{product.asset_key}"}
+    probed = 0
+    for rule in app.url_map.iter_rules():
+        if "GET" not in rule.methods:
+            continue
+        for piece in pieces:
+            path = rule.rule
+            for argument in rule.arguments:
+                path = re.sub(r"<(?:[^:>]+:)?" + argument + ">", piece, path)
+            response = client.get(path)
+            assert content not in response.data, path
+            probed += 1
+    assert probed > 20
+
+
+@pytest.mark.parametrize("inside", ["static", "static/assets", "."])
+def test_storage_inside_the_public_static_folder_is_refused(make_app, inside):
+    import paydrop
+    from paydrop.settings import SettingsError
+
+    static = Path(paydrop.__file__).parent / "static"
+    with pytest.raises(SettingsError, match="STORAGE_LOCAL_DIR"):
+        make_app({"STORAGE_LOCAL_DIR": str((static.parent / inside).resolve())})
 
 
 def test_x_accel_redirect_for_local_storage(make_app, stripe_server, tmp_path):
@@ -96,6 +123,33 @@ def test_a_missing_file_is_503_and_does_not_use_up_the_link(app, stripe_server, 
     client, link = _buy(app, stripe_server)
     (tmp_path / "assets" / product.asset_key).unlink()
     assert client.get(link).status_code == 503
+    assert query(app, "SELECT download_count FROM download_grants") == [{"download_count": 0}]
+
+
+def test_a_missing_file_behind_x_accel_redirect_does_not_use_up_the_link(make_app, stripe_server,
+                                                                        tmp_path):
+    app = make_app({"DOWNLOAD_ACCEL_PREFIX": "/_protected/"})
+    product = add_product(app, tmp_path, slug="asset")
+    client, link = _buy(app, stripe_server)
+    (tmp_path / "assets" / product.asset_key).unlink()
+    response = client.get(link)
+    assert response.status_code == 503
+    assert "X-Accel-Redirect" not in response.headers
+    assert query(app, "SELECT download_count FROM download_grants") == [{"download_count": 0}]
+
+
+def test_a_missing_s3_object_behind_a_presigned_redirect_does_not_use_up_the_link(
+        s3_app, stripe_server, tmp_path):
+    app = s3_app(DOWNLOAD_ACCEL_PREFIX="/_protected/")
+    product = add_product(app, tmp_path, slug="asset")
+    client, link = _buy(app, stripe_server)
+    with app.app_context():
+        from paydrop.shop.storage import get_storage
+
+        storage = get_storage()
+        storage.client.delete_object(Bucket=storage.bucket, Key=product.asset_key)
+    response = client.get(link)
+    assert response.status_code == 503
     assert query(app, "SELECT download_count FROM download_grants") == [{"download_count": 0}]
 
 

@@ -1,4 +1,8 @@
-"""A tiny SMTP server that keeps every message it receives (no TLS, no auth)."""
+"""A tiny SMTP server that keeps every message it receives (no TLS, no auth).
+
+``fail_next(n)`` makes it refuse the next ``n`` messages with a temporary
+error (451), as a mail server under load or being restarted does.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ class _Handler(socketserver.StreamRequestHandler):
             if verb == "EHLO":
                 self._send("250-fake-smtp")
                 self._send("250 8BITMIME")
+            elif verb == "MAIL" and self.server.sink.take_failure():
+                self._send("451 4.3.0 try again later")
             elif verb in ("HELO", "MAIL", "RCPT", "RSET", "NOOP"):
                 self._send("250 ok")
             elif verb == "DATA":
@@ -55,7 +61,17 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Sink:
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.refused = 0
+        self._failures = 0
         self._cond = threading.Condition()
+
+    def take_failure(self) -> bool:
+        with self._cond:
+            if self._failures <= 0:
+                return False
+            self._failures -= 1
+            self.refused += 1
+            return True
 
     def add(self, message: Message) -> None:
         with self._cond:
@@ -79,6 +95,14 @@ class FakeSmtpServer:
     @property
     def messages(self) -> list[Message]:
         return self._server.sink.messages
+
+    def fail_next(self, count: int) -> None:
+        with self._server.sink._cond:
+            self._server.sink._failures = count
+
+    @property
+    def refused(self) -> int:
+        return self._server.sink.refused
 
     def start(self) -> FakeSmtpServer:
         self._thread.start()

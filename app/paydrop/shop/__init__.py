@@ -7,10 +7,12 @@ it), one blueprint per feature, error pages and the operator commands.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, abort, current_app, request
 from flask_wtf.csrf import CSRFProtect
 
 from . import (
@@ -37,8 +39,10 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=app.config["SESSION_TTL_SECONDS"]),
-        # The token lives in the server-side session, so it lasts as long as the session.
+        # The raw token lives in the session (or, for visitors, the signed CSRF
+        # cookie, which expires); the form's copy is signed with every accepted key.
         WTF_CSRF_TIME_LIMIT=None,
+        WTF_CSRF_SECRET_KEY=[*app.config["SECRET_KEY_FALLBACKS"], app.config["SECRET_KEY"]],
     )
     app.session_interface = sessions.RedisSessionInterface()
     csrf.init_app(app)
@@ -48,6 +52,7 @@ def init_app(app: Flask) -> None:
     storage.init_app(app)
     ratelimit.init_app(app)
 
+    app.before_request(_refuse_control_characters)
     for blueprint in (catalog.bp, accounts.bp, checkout.bp, downloads.bp, webhooks.bp):
         app.register_blueprint(blueprint)
     errors.init_app(app)
@@ -57,6 +62,38 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(_file_size, "filesize")
     app.add_template_global(downloads.download_path, "download_path")
     app.context_processor(_template_context)
+
+
+# C0 controls and DEL, except tab, line feed and carriage return (text areas).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _refuse_control_characters() -> None:
+    """NUL or another control character in any field is a 400, before any view
+    (PostgreSQL refuses NUL in text, which would otherwise surface as a 500).
+    The Stripe webhook is exempt: its raw body is verified, never parsed here."""
+    if request.blueprint == "webhooks":
+        return
+    fields = [*request.args.items(multi=True)]
+    if request.method in ("POST", "PUT", "PATCH"):
+        fields += request.form.items(multi=True)
+    values = [text for pair in fields for text in pair]
+    if request.is_json:
+        values += _strings(request.get_json(silent=True))
+    if any(_CONTROL.search(value) for value in values):
+        abort(400, "A field contains characters that are not allowed (control characters).")
 
 
 def _file_size(size: int) -> str:

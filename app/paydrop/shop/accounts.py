@@ -1,17 +1,24 @@
-"""Register, log in, log out, verify the e-mail address, "my orders".
+"""Register, log in, log out, verify the e-mail address, reset a password, "my orders".
 
 Passwords are hashed with argon2id. Log-in and registration are throttled per
-client IP and per account. Guest orders placed with an address join the
+client IP; failed passwords are also counted per account (see ratelimit). Guest orders placed with an address join the
 account once its owner clicks the verification link sent to that address:
 without that proof, anyone could register a buyer's address and take over
 their downloads.
+
+Password reset: the link carries a signed, expiring token bound to the
+account's current password hash, so it stops working once used (the hash
+changes) or when the password changes otherwise. The request page answers the
+same whether or not the address has an account, and is throttled per IP and
+per address. Following a reset link proves the address, so it also verifies it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,6 +26,7 @@ from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from email_validator import EmailNotValidError, validate_email
 from flask import (
     Blueprint,
     abort,
@@ -31,20 +39,22 @@ from flask import (
     session,
     url_for,
 )
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired
 from werkzeug.wrappers import Response
 
 from ..db import get_db
-from . import fulfilment, grants, mail, orders, ratelimit, sessions, users
+from . import fulfilment, grants, orders, outbox, ratelimit, sessions, signing, users
 
 log = logging.getLogger(__name__)
 bp = Blueprint("accounts", __name__, url_prefix="/account")
 
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 VERIFY_SALT = "paydrop.verify-email"
 VERIFY_MAX_AGE = 3 * 24 * 3600
+RESET_SALT = "paydrop.password-reset"
+RESET_SENT = ("If an account exists for that address, we sent it a link to choose a new "
+              "password. The link works for one hour, once.")
 
 _hasher = PasswordHasher()
 # Verified against when the account does not exist, so a wrong address takes as
@@ -61,13 +71,20 @@ class CurrentUser:
 
 
 def normalise_email(value: object) -> str | None:
-    """The lower-cased address, or None when it is not a plausible address."""
-    if not isinstance(value, str):
+    """The normalised, lower-cased address, or None when it is not a valid address.
+
+    email-validator checks the syntax (RFC 5322 as mail servers accept it,
+    internationalised domains, special-use domains such as .test refused); no
+    DNS look-up happens, so a page never waits on a resolver.
+    """
+    if not isinstance(value, str) or len(value) > 320:
         return None
-    email = value.strip().lower()
-    if len(email) > 254 or not EMAIL.match(email):
+    try:
+        checked = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError:
         return None
-    return email
+    email = checked.normalized.lower()
+    return email if len(email) <= 254 else None
 
 
 def current_user() -> CurrentUser | None:
@@ -121,15 +138,16 @@ def _log_in(user: users.User) -> None:
 
 
 def _verification_link(user: users.User) -> str:
-    token = URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=VERIFY_SALT).dumps(
+    token = signing.timed_serializer(VERIFY_SALT).dumps(
         {"user": user.id, "email": user.email}
     )
     base = current_app.config["PUBLIC_URL"].rstrip("/")
     return f"{base}{url_for('accounts.verify', token=token)}"
 
 
-def _send_verification(user: users.User) -> None:
-    mail.send(
+def _queue_verification(cur: Any, user: users.User) -> int:
+    return outbox.enqueue(
+        cur,
         user.email,
         "Confirm your e-mail address",
         "Confirm this address to see purchases made with it in 'My orders':\n\n"
@@ -144,7 +162,7 @@ def register() -> Response | str | tuple[str, int]:
         return render_template("accounts/register.html")
     email = normalise_email(request.form.get("email"))
     password = request.form.get("password", "")
-    ratelimit.hit("login", ("ip", ratelimit.client_ip()), ("account", email or "-"))
+    ratelimit.hit("login", ("ip", ratelimit.client_ip()))
     errors = []
     if email is None:
         errors.append("Enter a valid e-mail address.")
@@ -155,14 +173,17 @@ def register() -> Response | str | tuple[str, int]:
     if errors or email is None:
         return render_template("accounts/register.html", errors=errors, email=email or ""), 400
     with get_db().transaction() as cur:
-        user = users.create(cur, email, _hasher.hash(password))
+        user = users.create(cur, email, _hasher.hash(password),
+                            replace_unverified_after=current_app.config[
+                                "UNVERIFIED_ACCOUNT_TTL_SECONDS"])
+        mail_id = _queue_verification(cur, user) if user else None
     if user is None:
         return render_template(
             "accounts/register.html",
             errors=["An account with this address exists. Log in instead."],
             email=email,
         ), 400
-    _send_verification(user)
+    outbox.kick([mail_id] if mail_id else [])
     _log_in(user)
     flash("Welcome! We sent you a link to confirm your address; purchases made with it "
           "as a guest appear here once you follow it.")
@@ -175,7 +196,10 @@ def login() -> Response | str | tuple[str, int]:
         return render_template("accounts/login.html", next=request.args.get("next", ""))
     email = normalise_email(request.form.get("email"))
     password = request.form.get("password", "")
-    ratelimit.hit("login", ("ip", ratelimit.client_ip()), ("account", email or "-"))
+    # The IP first: a throttled client's attempts never reach the account's count.
+    ratelimit.hit("login", ("ip", ratelimit.client_ip()))
+    if email:
+        ratelimit.check("login-failures", ("account", email))
     user = None
     if email and len(password) <= MAX_PASSWORD:
         with get_db().transaction() as cur:
@@ -185,6 +209,8 @@ def login() -> Response | str | tuple[str, int]:
             elif user is not None and _hasher.check_needs_rehash(user.password_hash):
                 users.set_password_hash(cur, user.id, _hasher.hash(password))
     if user is None:
+        if email:
+            ratelimit.hit("login-failures", ("account", email))
         return render_template(
             "accounts/login.html",
             errors=["The e-mail address or password is not right."],
@@ -211,7 +237,7 @@ def logout() -> Response:
 
 @bp.get("/verify/<token>")
 def verify(token: str) -> Response | tuple[str, int]:
-    serializer = URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=VERIFY_SALT)
+    serializer = signing.timed_serializer(VERIFY_SALT)
     try:
         claim = serializer.loads(token, max_age=VERIFY_MAX_AGE)
     except SignatureExpired:
@@ -238,9 +264,94 @@ def resend_verification() -> Response:
     ratelimit.hit("login", ("ip", ratelimit.client_ip()), ("account", user_ref.email))
     with get_db().transaction() as cur:
         user = users.get(cur, user_ref.id)
-    if user is not None and not user.email_verified:
-        _send_verification(user)
+        mail_id = _queue_verification(cur, user) if user and not user.email_verified else None
+    outbox.kick([mail_id] if mail_id else [])
     flash("We sent a new confirmation link.")
+    return redirect(url_for("accounts.my_orders"))
+
+
+def _password_fingerprint(user: users.User) -> str:
+    # Binds a reset token to the password it replaces (single use, and void
+    # once the password changes); a digest, so the hash never sits in a URL.
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:32]
+
+
+def _reset_link(user: users.User) -> str:
+    token = signing.timed_serializer(RESET_SALT).dumps(
+        {"user": user.id, "password": _password_fingerprint(user)})
+    base = current_app.config["PUBLIC_URL"].rstrip("/")
+    return f"{base}{url_for('accounts.reset_password', token=token)}"
+
+
+@bp.route("/password/forgot", methods=["GET", "POST"])
+def forgot_password() -> Response | str | tuple[str, int]:
+    if request.method == "GET":
+        return render_template("accounts/forgot.html")
+    email = normalise_email(request.form.get("email"))
+    ratelimit.hit("login", ("ip", ratelimit.client_ip()))
+    if email is None:
+        return render_template("accounts/forgot.html", errors=["Enter a valid e-mail address."],
+                               email=request.form.get("email", "")), 400
+    ratelimit.hit("password-reset", ("account", email))
+    with get_db().transaction() as cur:
+        user = users.get_by_email(cur, email)
+        mail_id = None if user is None else outbox.enqueue(
+            cur,
+            user.email,
+            "Choose a new password",
+            "Someone (hopefully you) asked to reset the password of your account.\n\n"
+            f"Choose a new password here:\n\n{_reset_link(user)}\n\n"
+            "The link works for one hour, once. If you did not ask for it, ignore this message: "
+            "your password stays as it is.\n",
+        )
+    outbox.kick([mail_id] if mail_id else [])
+    flash(RESET_SENT)
+    return redirect(url_for("accounts.login"))
+
+
+def _user_for_reset(token: str) -> users.User | None:
+    try:
+        claim = signing.timed_serializer(RESET_SALT).loads(
+            token, max_age=current_app.config["PASSWORD_RESET_TTL_SECONDS"])
+    except BadSignature:  # includes SignatureExpired
+        return None
+    if not isinstance(claim, dict) or not isinstance(claim.get("user"), int):
+        return None
+    with get_db().transaction() as cur:
+        user = users.get(cur, claim["user"])
+    if user is None or not hmac.compare_digest(str(claim.get("password")),
+                                               _password_fingerprint(user)):
+        return None
+    return user
+
+
+@bp.route("/password/reset/<token>", methods=["GET", "POST"])
+def reset_password(token: str) -> Response | str | tuple[str, int]:
+    user = _user_for_reset(token)
+    if user is None:
+        return render_template("error.html", code=410, title="Link no longer valid",
+                               message="This password reset link has expired or was already "
+                                       "used. Ask for a new one."), 410
+    if request.method == "GET":
+        return render_template("accounts/reset.html", token=token)
+    password = request.form.get("password", "")
+    errors = []
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        errors.append(f"Choose a password of at least {MIN_PASSWORD} characters.")
+    elif password != request.form.get("password_confirm", ""):
+        errors.append("The two passwords do not match.")
+    if errors:
+        return render_template("accounts/reset.html", token=token, errors=errors), 400
+    with get_db().transaction() as cur:
+        # Guarded by the old hash: of two concurrent uses of one link, one wins.
+        if not users.replace_password_hash(cur, user.id, user.password_hash,
+                                           _hasher.hash(password)):
+            abort(410, "This password reset link was already used.")
+        users.mark_email_verified(cur, user.id, user.email)
+        attached = orders.attach_guest_orders(cur, user.email, user.id)
+    log.info("user %s reset their password; %d guest orders attached", user.id, attached)
+    _log_in(user)
+    flash("Your password is changed and you are logged in.")
     return redirect(url_for("accounts.my_orders"))
 
 
@@ -269,7 +380,12 @@ def reissue_link(order_id: str) -> Response:
         order = orders.get(cur, order_id)
     if order is None or order.user_id != user_ref.id:
         abort(404)
-    if fulfilment.reissue_link(order_id) is None:
+    ratelimit.hit("link-reissue", ("account", str(user_ref.id)))
+    reissued = fulfilment.reissue_link(order_id, current_app.config["LINK_REISSUE_LIMIT"])
+    if reissued is fulfilment.REISSUE_LIMIT_REACHED:
+        flash("This order has had all the new links it can get; there are no more new links. "
+              "Contact us if you still cannot download it.")
+    elif reissued is None:
         flash("Downloads are not available for this order.")
     else:
         flash(f"A new download link for {order.product_title} is ready below.")

@@ -6,7 +6,10 @@ Card form ("finalize payments on the server"):
      PaymentMethod (and runs 3-D Secure if the card asks for it).
   2. POST /checkout/<slug>/pay {setup_intent_id, email} -> the server checks the
      SetupIntent with Stripe, creates the pending order at the price in the
-     database, and creates a PaymentIntent with confirm=true.
+     database, and creates a PaymentIntent with confirm=true. All of it fits in
+     STRIPE_PAY_BUDGET_SECONDS; when Stripe's answer does not come in time the
+     page says the outcome is unknown (never "nothing was charged"), and the
+     same SetupIntent posted again resumes the same order and idempotency key.
   3. If the bank wants 3-D Secure the page runs confirmCardPayment with the
      client secret, then POST /checkout/orders/<id>/confirm makes the server
      re-check the PaymentIntent.
@@ -44,7 +47,16 @@ from werkzeug.wrappers import Response as BaseResponse
 from .. import metrics
 from ..db import get_db
 from ..redis_store import get_redis
-from . import fulfilment, grants, orders, payment_events, products, ratelimit, users
+from . import (
+    fulfilment,
+    grants,
+    orders,
+    payment_events,
+    products,
+    ratelimit,
+    stripe_client,
+    users,
+)
 from .accounts import current_user, normalise_email
 from .errors import error_response
 from .stripe_client import get_stripe
@@ -137,9 +149,10 @@ def _order_url(order: orders.Order) -> str:
 
 
 def _payment_failed(order: orders.Order, message: str, reason: str) -> tuple[Response, int]:
+    """A payment Stripe says did not happen (the page may say nothing was charged)."""
     metrics.PAYMENT_FAILURES.labels(reason=reason).inc()
     fulfilment.fail(order.id, message)
-    return jsonify(error=message, order_url=_order_url(order)), 402
+    return jsonify(error=message, order_url=_order_url(order), charged=False), 402
 
 
 def _settle(order: orders.Order, intent: dict[str, Any]) -> tuple[Response, int]:
@@ -186,6 +199,13 @@ def setup_intent(slug: str) -> tuple[Response, int]:
 
 @bp.post("/<slug>/pay")
 def pay(slug: str) -> tuple[Response, int]:
+    """Charge the card of a confirmed SetupIntent, at most once per SetupIntent.
+
+    A retry with the same SetupIntent (the buyer pressing Pay again after an
+    answer that never came) resumes the order the first attempt created, with
+    the same idempotency key, so Stripe returns the first PaymentIntent instead
+    of charging again. All Stripe calls fit in STRIPE_PAY_BUDGET_SECONDS.
+    """
     _require_mode("payment_intent")
     data = _json_fields({"setup_intent_id", "email"})
     setup_intent_id = data.get("setup_intent_id")
@@ -195,30 +215,49 @@ def pay(slug: str) -> tuple[Response, int]:
     email = _buyer_email(data.get("email"))
 
     with get_db().transaction() as cur:
-        earlier = orders.find_by_setup_intent(cur, setup_intent_id)
-    if earlier is not None:
-        # A double submit: answer for the order the first one created.
-        if not _may_view(earlier):
+        order = orders.find_by_setup_intent(cur, setup_intent_id)
+    if order is not None:
+        if not _may_view(order) or order.product_slug != product.slug:
             abort(409, "This card confirmation was already used.")
-        return jsonify(status=earlier.status, redirect=_order_url(earlier)), 200
+        if order.status != "pending":
+            return jsonify(status=order.status, redirect=_order_url(order)), 200
 
+    with stripe_client.budget(current_app.config["STRIPE_PAY_BUDGET_SECONDS"]):
+        if order is not None and order.stripe_payment_intent_id:
+            return _resume_known_intent(order)
+        payment_method = _confirmed_payment_method(setup_intent_id, product)
+        if isinstance(payment_method, tuple):
+            return payment_method
+        if order is None:
+            order = _create_order(product, email, "payment_intent", setup_intent_id)
+            if order is None:
+                abort(409, "This card confirmation was already used.")
+        return _charge(order, product, payment_method)
+
+
+def _confirmed_payment_method(setup_intent_id: str,
+                              product: products.Product) -> str | tuple[Response, int]:
+    """The card the SetupIntent confirmed, or the answer to give (nothing is charged yet)."""
     try:
         setup = get_stripe().retrieve_setup_intent(setup_intent_id)
     except stripe.InvalidRequestError:
         raise BadInput("The card details were not accepted; enter them again.") from None
     except stripe.StripeError as exc:
         log.error("could not read SetupIntent %s: %s", setup_intent_id, exc)
-        return jsonify(error="The payment service is not answering. Please try again."), 502
+        metrics.DEPENDENCY_ERRORS.labels(dependency="stripe").inc()
+        return jsonify(error="The payment service is not answering. Nothing was charged; "
+                             "please try again.", charged=False), 502
     payment_method = setup.get("payment_method")
     if isinstance(payment_method, dict):
         payment_method = payment_method["id"]
     if (setup.get("status") != "succeeded" or not payment_method
             or (setup.get("metadata") or {}).get("product") != product.slug):
         raise BadInput("The card details were not confirmed; enter them again.")
+    return str(payment_method)
 
-    order = _create_order(product, email, "payment_intent", setup_intent_id)
-    if order is None:
-        abort(409, "This card confirmation was already used.")
+
+def _charge(order: orders.Order, product: products.Product,
+            payment_method: str) -> tuple[Response, int]:
     try:
         intent = get_stripe().create_payment_intent(
             order_id=order.id, amount=order.amount, currency=order.currency,
@@ -229,15 +268,42 @@ def pay(slug: str) -> tuple[Response, int]:
         _link(order, (body.get("error") or {}).get("payment_intent"))
         return _payment_failed(order, exc.user_message or "Your card was declined.",
                                getattr(exc, "decline_code", None) or exc.code or "card_error")
-    except stripe.StripeError as exc:
-        # The order stays pending: the idempotency key makes a retry safe, and
-        # the webhook or the order page settle it if the payment went through.
-        log.error("could not create the PaymentIntent for order %s: %s", order.id, exc)
+    except (stripe.InvalidRequestError, stripe.AuthenticationError,
+            stripe.PermissionError) as exc:
+        # Stripe refused the request itself: no PaymentIntent, no charge.
+        log.error("Stripe refused the PaymentIntent for order %s: %s", order.id, exc)
         metrics.DEPENDENCY_ERRORS.labels(dependency="stripe").inc()
-        return jsonify(error="The payment service is not answering. Check 'My orders' or "
-                             "your e-mail before trying again.", order_url=_order_url(order)), 502
+        return _payment_failed(order, "The payment could not be started. No money was taken.",
+                               "stripe_refused")
+    except stripe.StripeError as exc:
+        # No answer, or an answer that does not say what happened: the payment
+        # may have gone through. The order stays pending; the webhook settles
+        # it, and a retry resumes it with the same idempotency key.
+        log.error("no clear answer from Stripe for order %s: %s", order.id, exc)
+        metrics.DEPENDENCY_ERRORS.labels(dependency="stripe").inc()
+        return _unknown_outcome(order)
     _link(order, intent)
     return _settle(order, intent)
+
+
+def _resume_known_intent(order: orders.Order) -> tuple[Response, int]:
+    assert order.stripe_payment_intent_id is not None  # noqa: S101 - checked by the caller
+    try:
+        intent = get_stripe().retrieve_payment_intent(order.stripe_payment_intent_id)
+    except stripe.StripeError as exc:
+        log.error("could not read PaymentIntent for order %s: %s", order.id, exc)
+        return _unknown_outcome(order)
+    return _settle(order, intent)
+
+
+UNKNOWN_OUTCOME = ("We did not get an answer from the payment service in time, so we do not "
+                   "know yet whether your card was charged. The order page shows the result as "
+                   "soon as we know it. Pressing Pay again continues this same order and cannot "
+                   "charge you twice.")
+
+
+def _unknown_outcome(order: orders.Order) -> tuple[Response, int]:
+    return jsonify(status="unknown", error=UNKNOWN_OUTCOME, order_url=_order_url(order)), 202
 
 
 def _link(order: orders.Order, intent: dict[str, Any] | None) -> None:
@@ -259,11 +325,11 @@ def confirm(order_id: str) -> tuple[Response, int]:
     if order.status != "pending":
         return jsonify(status=order.status, redirect=_order_url(order)), 200
     try:
-        intent = get_stripe().retrieve_payment_intent(order.stripe_payment_intent_id)
+        with stripe_client.budget(current_app.config["STRIPE_PAY_BUDGET_SECONDS"]):
+            intent = get_stripe().retrieve_payment_intent(order.stripe_payment_intent_id)
     except stripe.StripeError as exc:
         log.error("could not read PaymentIntent for order %s: %s", order.id, exc)
-        return jsonify(error="The payment service is not answering.",
-                       order_url=_order_url(order)), 502
+        return _unknown_outcome(order)
     if intent["status"] == "requires_action":
         return jsonify(error="The bank has not confirmed the payment yet.",
                        order_url=_order_url(order)), 409

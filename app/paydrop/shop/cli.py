@@ -12,7 +12,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from ..db import get_db
-from . import catalog, fulfilment, grants, orders, products
+from . import catalog, fulfilment, grants, orders, outbox, products
 from .money import format_money, parse_major
 from .storage import asset_key, get_storage, sha256_of
 from .stripe_client import get_stripe
@@ -144,6 +144,8 @@ def orders_show(order_id: str) -> None:
         ("created", f"{order.created_at:%Y-%m-%d %H:%M:%S %z}"),
         ("paid", f"{order.paid_at:%Y-%m-%d %H:%M:%S %z}" if order.paid_at else "-"),
         ("failure", order.failure_message or "-"),
+        ("refund failed", f"{order.refund_failed_at:%Y-%m-%d %H:%M:%S %z}: "
+                          f"{order.refund_failure_reason}" if order.refund_failed_at else "-"),
     ]
     for label, value in rows:
         click.echo(f"{label:>17}: {value}")
@@ -169,13 +171,33 @@ def orders_refund(order_id: str) -> None:
         refund = get_stripe().refund(order_id=order.id,
                                      payment_intent_id=order.stripe_payment_intent_id)
     except stripe.StripeError as exc:
-        raise click.ClickException(f"Stripe refused the refund: {exc}") from None
+        with get_db().transaction() as cur:
+            fulfilment.record_refund_failure(cur, order.id, f"Stripe refused: {exc}")
+        raise click.ClickException(f"Stripe refused the refund (recorded on the order): "
+                                   f"{exc}") from None
     # charge.refunded will say the same later; the transition happens once.
     with get_db().transaction() as cur:
         change = fulfilment.mark_refunded(cur, order.id, amount_refunded=order.amount, fully=True)
     fulfilment.after_commit([change])
     click.echo(f"refunded {format_money(order.amount, order.currency)} ({refund['id']}); "
                "downloads revoked")
+
+
+@orders_cli.command("restore")
+@click.argument("order_id")
+def orders_restore(order_id: str) -> None:
+    """Give a refunded or disputed order its access back (a support decision)."""
+    order = _order_or_fail(order_id)
+    with get_db().transaction() as cur:
+        change = fulfilment.restore(cur, order.id)
+    if change is None:
+        raise click.ClickException(f"order is {order.status}; only refunded or disputed orders "
+                                   "are restored")
+    fulfilment.after_commit([change])
+    from .downloads import download_url
+
+    assert change.grant is not None  # noqa: S101 - restore always issues a grant
+    click.echo(f"restored {order.id} to paid; new download link: {download_url(change.grant.id)}")
 
 
 @click.command("seed-demo")
@@ -199,7 +221,27 @@ def seed_demo(assets: Path | None) -> None:
         click.echo(f"files in {current_app.config['STORAGE_LOCAL_DIR']}")
 
 
+mail_cli = AppGroup("mail", help="The mail outbox.")
+
+
+@mail_cli.command("retry-dead")
+def mail_retry_dead() -> None:
+    """Queue every dead message again (after fixing the mail server)."""
+    click.echo(f"{outbox.retry_dead()} message(s) queued again")
+
+
+@mail_cli.command("status")
+def mail_status() -> None:
+    """Messages in the outbox by status."""
+    for status, count in outbox.counts().items():
+        click.echo(f"{status:<8} {count}")
+
+
 def init_app(app: Flask) -> None:
+    from .worker import worker_command
+
     app.cli.add_command(products_cli)
     app.cli.add_command(orders_cli)
+    app.cli.add_command(mail_cli)
     app.cli.add_command(seed_demo)
+    app.cli.add_command(worker_command)

@@ -30,7 +30,7 @@ PRESIGNED_URL_SECONDS = 60
 
 
 def _token(grant_id: str) -> str:
-    return grants.make_token(current_app.config["SECRET_KEY"], grant_id)
+    return grants.make_token(grant_id)
 
 
 def download_path(grant_id: str) -> str:
@@ -55,7 +55,7 @@ REFUSALS: dict[str, tuple[type[HTTPException], str]] = {
 
 @bp.get("/downloads/<token>")
 def download(token: str) -> BaseResponse:
-    grant_id = grants.grant_id_from_token(current_app.config["SECRET_KEY"], token)
+    grant_id = grants.grant_id_from_token(token)
     if grant_id is None:
         abort(404, "This download link is not valid.")
     storage = get_storage()
@@ -71,9 +71,16 @@ def download(token: str) -> BaseResponse:
             # Link checkers and mail scanners do not use up downloads.
             cur.connection.rollback()
         body = None
-        if not accel and not head:
+        if not head:
+            # Before the count commits: a missing file must not use up a
+            # download, whoever sends the bytes (the app, or nginx after the
+            # hand-off, which would answer 404 after the count was spent).
             try:
-                body = storage.open_stream(asset.key)
+                if accel:
+                    if not storage.exists(asset.key):
+                        raise StorageError(f"missing object {asset.key!r}")
+                else:
+                    body = storage.open_stream(asset.key)
             except StorageError as exc:
                 # Rolling back un-counts the download.
                 log.error("asset for grant %s is missing: %s", grant_id, exc)

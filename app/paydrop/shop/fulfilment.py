@@ -3,8 +3,10 @@
     pending -> paid -> refunded | disputed
     pending -> failed -> paid        (the same payment succeeded after all)
     pending | failed -> refunded | disputed   (events that arrived out of order)
+    disputed -> paid                 (the dispute was won: access comes back)
+    refunded | disputed -> paid      (support restores it: ``paydrop orders restore``)
 
-refunded and disputed are final: an order never goes back to paid.
+Stripe's events never take a refunded order back to paid.
 
 Each ``mark_*`` function runs inside the caller's transaction, locks the order
 row, and changes it with an UPDATE guarded by the allowed source states, so
@@ -12,7 +14,8 @@ the checkout page, the success page and any number of concurrent webhook
 deliveries can call it and the change happens exactly once. It returns a
 ``Change`` (or None when nothing changed); the caller passes the changes to
 ``after_commit`` once the transaction has committed: metrics, the
-``paydrop:orders`` message and the receipt e-mail.
+``paydrop:orders`` message, and a nudge to deliver the receipt, which
+``mark_paid`` wrote to the mail outbox in the same transaction as the payment.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from psycopg2 import sql
 
 from .. import metrics
 from ..db import get_db
-from . import grants, mail, order_events, orders
+from . import grants, order_events, orders, outbox
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 class Change:
     order: orders.Order
     grant: grants.Grant | None = None
+    mail_id: int | None = None
 
 
 def _transition(cur: Any, order_id: str, sets: str, allowed: tuple[str, ...],
@@ -83,7 +87,8 @@ def mark_paid(
         return None
     config = current_app.config
     grant = grants.create(cur, order_id, config["DOWNLOAD_TTL_SECONDS"], config["DOWNLOAD_LIMIT"])
-    return Change(_reload(cur, order_id), grant)
+    paid = _reload(cur, order_id)
+    return Change(paid, grant, _queue_receipt(cur, paid, grant))
 
 
 def mark_failed(cur: Any, order_id: str, message: str) -> Change | None:
@@ -125,6 +130,38 @@ def mark_disputed(cur: Any, order_id: str) -> Change | None:
     return Change(_reload(cur, order_id))
 
 
+def _restore(cur: Any, order_id: str, allowed: tuple[str, ...]) -> Change | None:
+    """Back to paid with a fresh download link (earlier links stay revoked)."""
+    if orders.lock(cur, order_id) is None:
+        return None
+    if not _transition(cur, order_id, "status = 'paid', revoked_at = NULL, flagged = false",
+                       allowed):
+        return None
+    config = current_app.config
+    grant = grants.create(cur, order_id, config["DOWNLOAD_TTL_SECONDS"], config["DOWNLOAD_LIMIT"])
+    return Change(_reload(cur, order_id), grant)
+
+
+def mark_dispute_won(cur: Any, order_id: str) -> Change | None:
+    """disputed -> paid: the bank sided with us, so the buyer keeps what they paid for."""
+    return _restore(cur, order_id, ("disputed",))
+
+
+def restore(cur: Any, order_id: str) -> Change | None:
+    """Support's decision: a refunded or disputed order is paid again."""
+    return _restore(cur, order_id, ("refunded", "disputed"))
+
+
+def record_refund_failure(cur: Any, order_id: str, reason: str) -> bool:
+    """Note that a refund did not go through (flags the order); True when recorded."""
+    cur.execute(
+        """UPDATE orders SET refund_failed_at = now(), refund_failure_reason = %s, flagged = true,
+               updated_at = now() WHERE id = %s RETURNING id""",
+        (reason[:500], order_id),
+    )
+    return cur.fetchone() is not None
+
+
 def _reload(cur: Any, order_id: str) -> orders.Order:
     order = orders.get(cur, order_id)
     assert order is not None  # noqa: S101 - locked by this transaction
@@ -133,8 +170,6 @@ def _reload(cur: Any, order_id: str) -> orders.Order:
 
 def after_commit(changes: Iterable[Change | None]) -> None:
     """Side effects of committed changes; never raises for a dependency outage."""
-    from .downloads import download_url
-
     for change in changes:
         if change is None:
             continue
@@ -150,14 +185,16 @@ def after_commit(changes: Iterable[Change | None]) -> None:
                 "currency": order.currency,
             },
         )
-        if order.status == "paid" and change.grant is not None:
-            _send_receipt(order, download_url(change.grant.id), change.grant)
+        if change.mail_id is not None:
+            outbox.kick([change.mail_id])
         log.info("order %s is now %s", order.id, order.status)
 
 
-def _send_receipt(order: orders.Order, link: str, grant: grants.Grant) -> None:
+def _queue_receipt(cur: Any, order: orders.Order, grant: grants.Grant) -> int:
+    from .downloads import download_url
     from .money import format_money
 
+    link = download_url(grant.id)
     body = (
         f"Thank you for your purchase.\n\n"
         f"Order: {order.id}\n"
@@ -168,7 +205,7 @@ def _send_receipt(order: orders.Order, link: str, grant: grants.Grant) -> None:
         f"{grant.expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC. A new link can be requested from "
         f"'My orders' after you create an account with this address.\n"
     )
-    mail.send(order.email, f"Your receipt for {order.product_title}", body)
+    return outbox.enqueue(cur, order.email, f"Your receipt for {order.product_title}", body)
 
 
 def fail(order_id: str, message: str) -> None:
@@ -177,13 +214,22 @@ def fail(order_id: str, message: str) -> None:
     after_commit([change])
 
 
-def reissue_link(order_id: str) -> grants.Grant | None:
-    """A fresh download grant for a paid order; earlier links stop working."""
+REISSUE_LIMIT_REACHED = object()
+
+
+def reissue_link(order_id: str, limit: int) -> grants.Grant | object | None:
+    """A fresh download grant for a paid order; earlier links stop working.
+
+    None when the order has no downloads; REISSUE_LIMIT_REACHED once it has had
+    ``limit`` new links after the first (a stolen login cannot mint links forever).
+    """
     config = current_app.config
     with get_db().transaction() as cur:
         order = orders.lock(cur, order_id)
         if order is None or order.status != "paid":
             return None
+        if grants.count_for_order(cur, order_id) > limit:
+            return REISSUE_LIMIT_REACHED
         grants.revoke_for_order(cur, order_id)
         return grants.create(cur, order_id, config["DOWNLOAD_TTL_SECONDS"],
                              config["DOWNLOAD_LIMIT"])

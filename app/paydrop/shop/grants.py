@@ -1,6 +1,6 @@
 """SQL for download grants, and the signed tokens that name them in URLs.
 
-A token is the grant's id signed with SECRET_KEY, so a forged or altered token
+A token is the grant's id signed with SECRET_KEY (or a fallback key), so a forged or altered token
 is rejected before the database is asked. The row holds what can change: the
 expiry, the limit, the counter and the revocation.
 """
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature
 from psycopg2 import sql
 
-from . import orders
+from . import orders, signing
 
 _SALT = "paydrop.download"
 
@@ -47,14 +47,14 @@ _COLUMNS = sql.SQL("""id::text AS id, order_id::text AS order_id, expires_at, ma
     download_count, revoked_at""")
 
 
-def make_token(secret_key: str, grant_id: str) -> str:
-    return URLSafeSerializer(secret_key, salt=_SALT).dumps(grant_id)
+def make_token(grant_id: str) -> str:
+    return signing.serializer(_SALT).dumps(grant_id)
 
 
-def grant_id_from_token(secret_key: str, token: str) -> str | None:
+def grant_id_from_token(token: str) -> str | None:
     """The grant id, or None for a token this app did not sign."""
     try:
-        grant_id = URLSafeSerializer(secret_key, salt=_SALT).loads(token)
+        grant_id = signing.serializer(_SALT).loads(token)
     except BadSignature:
         return None
     return grant_id if orders.is_uuid(grant_id) else None
@@ -75,6 +75,11 @@ def revoke_for_order(cur: Any, order_id: str) -> int:
         (order_id,),
     )
     return int(cur.rowcount)
+
+
+def count_for_order(cur: Any, order_id: str) -> int:
+    cur.execute("SELECT count(*) AS n FROM download_grants WHERE order_id = %s", (order_id,))
+    return int(cur.fetchone()["n"])
 
 
 def usable_for_order(cur: Any, order_id: str) -> Grant | None:

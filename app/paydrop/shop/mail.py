@@ -1,9 +1,10 @@
-"""Outgoing e-mail (receipts, address verification) over SMTP.
+"""Outgoing e-mail (receipts, address confirmation, password resets) over SMTP.
 
-Messages are handed to a small thread pool so a slow mail server never delays a
-webhook answer or a page. With SMTP_HOST empty (development) a message is
-logged (recipient and subject only: bodies carry download and confirmation
-links, which are bearer tokens) and not sent.
+Views never send mail themselves: they ``outbox.enqueue`` it in the transaction
+that makes the change the mail announces, and the outbox delivers it (see
+outbox.py). This module builds and sends one message. With SMTP_HOST empty
+(development) a message is logged (recipient and subject only: bodies carry
+download, confirmation and reset links, which are bearer tokens) and not sent.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
 
 from flask import current_app
 
-from .. import metrics
-
 log = logging.getLogger(__name__)
-_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="paydrop-mail")
+SMTP_TIMEOUT_SECONDS = 15
+
+
+class DeliveryError(Exception):
+    """The mail server refused the message or could not be reached."""
 
 
 @dataclass(frozen=True)
@@ -46,34 +48,28 @@ class SmtpSettings:
         )
 
 
-def send(to: str, subject: str, body: str) -> Future[None] | None:
-    """Queue a plain-text message; returns its future (None when SMTP is off)."""
-    settings = SmtpSettings.from_app()
+def log_skipped(to: str, subject: str) -> None:
+    note = ""
+    if current_app.config["APP_ENVIRONMENT"] != "production":
+        note = (" (the body and its links are not logged; point SMTP_HOST at a local "
+                "mail catcher to read them)")
+    log.info("SMTP_HOST is empty; not sending %r to %s%s", subject, to, note)
+
+
+def deliver(settings: SmtpSettings, to: str, subject: str, body: str) -> None:
+    """Send one plain-text message now; raise DeliveryError on any failure."""
     message = EmailMessage()
     message["From"] = settings.sender
     message["To"] = to
     message["Subject"] = subject
     message["Message-ID"] = make_msgid(domain=settings.sender.rpartition("@")[2] or None)
     message.set_content(body)
-    if not settings.host:
-        note = ""
-        if current_app.config["APP_ENVIRONMENT"] != "production":
-            note = (" (the body and its links are not logged; point SMTP_HOST at a local "
-                    "mail catcher to read them)")
-        log.info("SMTP_HOST is empty; not sending %r to %s%s", subject, to, note)
-        return None
-    return _pool.submit(_deliver, settings, message)
-
-
-def _deliver(settings: SmtpSettings, message: EmailMessage) -> None:
     try:
-        with smtplib.SMTP(settings.host, settings.port, timeout=15) as smtp:
+        with smtplib.SMTP(settings.host, settings.port, timeout=SMTP_TIMEOUT_SECONDS) as smtp:
             if settings.starttls:
                 smtp.starttls(context=ssl.create_default_context())
             if settings.user:
                 smtp.login(settings.user, settings.password)
             smtp.send_message(message)
     except (OSError, smtplib.SMTPException) as exc:
-        metrics.DEPENDENCY_ERRORS.labels(dependency="smtp").inc()
-        log.error("could not send %r to %s: %s", message["Subject"], message["To"], exc)
-
+        raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc

@@ -36,13 +36,15 @@ class Order:
     created_at: datetime
     paid_at: datetime | None
     revoked_at: datetime | None
+    refund_failed_at: datetime | None
+    refund_failure_reason: str | None
 
 
 _SELECT = """SELECT o.id::text AS id, o.user_id, o.email, o.product_id, p.slug AS product_slug,
         p.title AS product_title, o.amount, o.currency, o.status, o.checkout_mode,
         o.stripe_setup_intent_id, o.stripe_payment_intent_id, o.stripe_checkout_session_id,
         o.stripe_charge_id, o.failure_message, o.amount_refunded, o.flagged, o.created_at,
-        o.paid_at, o.revoked_at
+        o.paid_at, o.revoked_at, o.refund_failed_at, o.refund_failure_reason
     FROM orders o JOIN products p ON p.id = o.product_id"""
 
 

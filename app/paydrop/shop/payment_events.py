@@ -181,6 +181,34 @@ def _dispute_created(cur: Any, dispute: dict[str, Any]) -> Outcome:
     return Outcome([fulfilment.mark_disputed(cur, order_id)])
 
 
+def _dispute_closed(cur: Any, dispute: dict[str, Any]) -> Outcome:
+    """A won dispute gives the buyer their access back; a lost one changes nothing."""
+    intent_id = intent_id_of(dispute)
+    order_id = _order_for_payment(cur, intent_id)
+    if order_id is None:
+        return Outcome(parked=bool(intent_id))
+    if dispute.get("status") not in ("won", "warning_closed"):
+        log.warning("order %s: dispute closed as %s", order_id, dispute.get("status"))
+        return Outcome()
+    log.info("order %s: dispute won; downloads restored", order_id)
+    return Outcome([fulfilment.mark_dispute_won(cur, order_id)])
+
+
+def _refund_updated(cur: Any, refund: dict[str, Any]) -> Outcome:
+    """Only a failed refund matters here (a successful one arrives as charge.refunded)."""
+    if refund.get("status") != "failed":
+        return Outcome()
+    intent_id = intent_id_of(refund)
+    order_id = _order_for_payment(cur, intent_id)
+    if order_id is None:
+        return Outcome(parked=bool(intent_id))
+    reason = str(refund.get("failure_reason") or "unknown")
+    log.error("order %s: refund %s failed (%s); the buyer was not paid back", order_id,
+              refund.get("id"), reason)
+    fulfilment.record_refund_failure(cur, order_id, reason)
+    return Outcome()
+
+
 HANDLERS: dict[str, Handler] = {
     "payment_intent.succeeded": _payment_intent_succeeded,
     "payment_intent.payment_failed": _payment_intent_failed,
@@ -190,6 +218,10 @@ HANDLERS: dict[str, Handler] = {
     "checkout.session.expired": _checkout_session_expired,
     "charge.refunded": _charge_refunded,
     "charge.dispute.created": _dispute_created,
+    "charge.dispute.closed": _dispute_closed,
+    "charge.refund.updated": _refund_updated,
+    "refund.updated": _refund_updated,
+    "refund.failed": _refund_updated,
 }
 
 

@@ -1,13 +1,24 @@
-"""Server-side sessions in Redis.
+"""Sessions: a signed CSRF cookie for visitors, server-side sessions in Redis after that.
 
-The cookie holds only a random 256-bit id; Redis holds the data under the id's
+A visitor who only reads pages gets no server-side state at all: the one thing
+their session holds, the CSRF token's raw value, travels in the signed
+``paydrop_csrf`` cookie (double submit: the form's token must match the
+cookie's, and only this site can sign either). So a flood of cookieless GETs
+costs Redis nothing, and anonymous forms keep working while Redis is down.
+
+As soon as a request puts anything else into the session (logging in,
+registering, placing an order), the session moves to Redis: the cookie then
+holds only a random 256-bit id, and Redis holds the data under the id's
 SHA-256 (so a leaked Redis dump holds no usable cookie values) with a sliding
 TTL: SESSION_TTL_SECONDS once someone has logged in (or, as a guest, placed an
-order), ANONYMOUS_SESSION_TTL_SECONDS otherwise. Every form page writes a
-session for its CSRF token, so cookieless GETs (crawlers, floods) must not
-each pin a key in Redis for two weeks. ``rotate()`` gives the session a new id, for log in
-and log out (no session fixation). When Redis is down pages still render with
-an empty session; anything that needs one (forms, checkout) fails its CSRF check.
+order), ANONYMOUS_SESSION_TTL_SECONDS otherwise. ``rotate()`` gives the
+session a new id, for log in and log out (no session fixation).
+
+Memory budget: only POSTs that passed the CSRF check and a rate limit (log-in,
+registration, checkout) create Redis sessions, each at most MAX_SESSION_BYTES
+(a larger one is refused and logged, never stored), so sessions need at most
+(allowed POSTs per TTL) x MAX_SESSION_BYTES of Redis. When Redis is down pages
+still render with an empty session; forms that need a logged-in session fail.
 """
 
 from __future__ import annotations
@@ -21,13 +32,20 @@ import redis
 from flask import Flask, Request, Response, session
 from flask.json.tag import TaggedJSONSerializer
 from flask.sessions import SessionInterface, SessionMixin
+from itsdangerous import BadSignature
 from werkzeug.datastructures import CallbackDict
 
 from .. import metrics
 from ..redis_store import get_redis
+from . import signing
 
 log = logging.getLogger(__name__)
 _PREFIX = "paydrop:session:"
+CSRF_COOKIE = "paydrop_csrf"
+_CSRF_SALT = "paydrop.csrf-cookie"
+# Flask-WTF keeps the raw token under this session key.
+_CSRF_KEY = "csrf_token"
+MAX_SESSION_BYTES = 8192
 _serializer = TaggedJSONSerializer()
 
 
@@ -78,11 +96,28 @@ def _ttl(app: Flask, session: RedisSession) -> int:
     return ttl
 
 
+def _csrf_only(session: RedisSession) -> bool:
+    return set(session) <= {_CSRF_KEY}
+
+
+def _csrf_from_cookie(app: Flask, request: Request) -> RedisSession:
+    """A session holding only the CSRF token of the signed cookie (or nothing)."""
+    value = request.cookies.get(CSRF_COOKIE)
+    if not value or len(value) > 300:
+        return RedisSession()
+    try:
+        token = signing.timed_serializer(_CSRF_SALT).loads(
+            value, max_age=app.config["ANONYMOUS_SESSION_TTL_SECONDS"])
+    except BadSignature:
+        return RedisSession()
+    return RedisSession({_CSRF_KEY: token}) if isinstance(token, str) else RedisSession()
+
+
 class RedisSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> RedisSession:
         sid = request.cookies.get(self.get_cookie_name(app))
         if not sid or len(sid) > 100:
-            return RedisSession()
+            return _csrf_from_cookie(app, request)
         try:
             raw = get_redis().get(_redis_key(sid))
         except redis.RedisError as exc:
@@ -90,12 +125,26 @@ class RedisSessionInterface(SessionInterface):
             log.warning("session store unavailable: %s", exc)
             return RedisSession(available=False)
         if raw is None:
-            return RedisSession()
+            return _csrf_from_cookie(app, request)
         try:
             data = _serializer.loads(raw.decode())
         except ValueError:
-            return RedisSession()
+            return _csrf_from_cookie(app, request)
         return RedisSession(data, sid=sid)
+
+    def _save_csrf_cookie(self, app: Flask, session: RedisSession, response: Response) -> None:
+        if session.modified:
+            response.set_cookie(
+                CSRF_COOKIE,
+                signing.timed_serializer(_CSRF_SALT).dumps(session[_CSRF_KEY]),
+                max_age=app.config["ANONYMOUS_SESSION_TTL_SECONDS"],
+                domain=self.get_cookie_domain(app),
+                path=self.get_cookie_path(app),
+                secure=self.get_cookie_secure(app),
+                httponly=True,
+                samesite=self.get_cookie_samesite(app),
+            )
+        response.vary.add("Cookie")
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, RedisSession)  # noqa: S101 - set by open_session
@@ -104,6 +153,11 @@ class RedisSessionInterface(SessionInterface):
         name = self.get_cookie_name(app)
         domain = self.get_cookie_domain(app)
         path = self.get_cookie_path(app)
+        if session and session.sid is None and not session.rotate_requested \
+                and _csrf_only(session):
+            # A visitor: no server-side state, only the signed CSRF cookie.
+            self._save_csrf_cookie(app, session, response)
+            return
         ttl = _ttl(app, session)
         store = get_redis()
         try:
@@ -116,11 +170,18 @@ class RedisSessionInterface(SessionInterface):
                     response.delete_cookie(name, domain=domain, path=path)
                 elif session.rotate_requested:
                     response.delete_cookie(name, domain=domain, path=path)
+                if session.modified:
+                    response.delete_cookie(CSRF_COOKIE, domain=domain, path=path)
                 return
             new = session.sid is None
+            data = _serializer.dumps(dict(session)) if new or session.modified else ""
+            if len(data) > MAX_SESSION_BYTES:
+                log.error("refusing to store a session of %d bytes (limit %d)", len(data),
+                          MAX_SESSION_BYTES)
+                return
             sid = session.sid = session.sid or secrets.token_urlsafe(32)
-            if new or session.modified:
-                store.set(_redis_key(sid), _serializer.dumps(dict(session)), ex=ttl)
+            if data:
+                store.set(_redis_key(sid), data, ex=ttl)
             else:
                 store.expire(_redis_key(sid), ttl)
         except redis.RedisError as exc:

@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 from flask import Flask, current_app
 
+from ..settings import SettingsError
+
 _EXTENSION = "paydrop.storage"
 CHUNK = 64 * 1024
 
@@ -93,6 +95,9 @@ class LocalStorage:
             shutil.copyfileobj(stream, out, CHUNK)
         partial.replace(path)
 
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
     def open_stream(self, key: str) -> Stream:
         try:
             handle = self.path(key).open("rb")
@@ -125,6 +130,20 @@ class S3Storage:
         self.client.upload_fileobj(
             stream, self.bucket, validate_key(key), ExtraArgs={"ContentType": content_type}
         )
+
+    def exists(self, key: str) -> bool:
+        """True when the object is there; StorageError when S3 cannot say."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"cannot check {key!r}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot check {key!r}: {exc}") from exc
+        return True
 
     def open_stream(self, key: str) -> Stream:
         from botocore.exceptions import ClientError
@@ -159,7 +178,20 @@ def init_app(app: Flask) -> None:
         )
     else:
         backend = LocalStorage(config["STORAGE_LOCAL_DIR"])
+        _refuse_public_directory(app, backend.root)
     app.extensions[_EXTENSION] = backend
+
+
+def _refuse_public_directory(app: Flask, root: Path) -> None:
+    """Paid files must never sit where a public URL reaches them: the static
+    folder is served by Flask and, in production, by nginx from the release."""
+    from ..static_files import STATIC_DIR
+
+    static = STATIC_DIR.resolve()
+    resolved = root.resolve()
+    if resolved.is_relative_to(static) or static.is_relative_to(resolved):
+        raise SettingsError([f"STORAGE_LOCAL_DIR: {root} overlaps the public static folder "
+                             f"{static}; paid files would be downloadable for free"])
 
 
 def get_storage() -> LocalStorage | S3Storage:

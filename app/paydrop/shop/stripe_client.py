@@ -4,13 +4,24 @@ The API version is pinned; every POST carries an idempotency key derived from
 what it is for, so a retry after a timeout can never charge twice. Responses
 come back as plain dicts, the same shape as webhook payloads, so one set of
 handlers reads both.
+
+``budget(seconds)`` bounds all Stripe calls made inside it, retries and their
+back-off included: each request's timeout is cut to what is left, and no retry
+starts that could not finish in time. A buyer's payment request runs inside
+one, so it always answers before the load balancer gives up on it (a 504
+would leave the buyer not knowing whether they paid).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
+import requests
 import stripe
 from flask import Flask, current_app
 
@@ -27,6 +38,55 @@ WEBHOOK_TOLERANCE_SECONDS = 300
 QUICK_TIMEOUT_SECONDS = 3
 
 _EXTENSION = "paydrop.stripe"
+# A request with less time than this left is not started at all.
+MIN_REQUEST_SECONDS = 0.5
+
+_deadline: ContextVar[float | None] = ContextVar("paydrop_stripe_deadline", default=None)
+
+
+def _remaining() -> float | None:
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@contextmanager
+def budget(seconds: float) -> Iterator[None]:
+    """Every Stripe call inside finishes (or gives up) within ``seconds`` in total."""
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+class _BudgetedSession(requests.Session):
+    """Cuts each request's timeout to the time left in the current budget."""
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any,
+                **kwargs: Any) -> requests.Response:
+        remaining = _remaining()
+        if remaining is not None:
+            if remaining < MIN_REQUEST_SECONDS:
+                raise requests.exceptions.Timeout("the time allowed for Stripe calls is used up")
+            timeout = kwargs.get("timeout")
+            kwargs["timeout"] = min(timeout, remaining) if timeout else remaining
+        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
+
+
+class _BudgetedRequestsClient(stripe.RequestsClient):
+    """The SDK's client, but no retry is started that the budget could not fit."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout=timeout, session=_BudgetedSession())
+
+    def _should_retry(self, response: Any, api_connection_error: Any, num_retries: int,
+                      max_network_retries: int | None) -> bool:
+        remaining = _remaining()
+        if remaining is not None and remaining < (
+                self._sleep_time_seconds(num_retries + 1) + 2 * MIN_REQUEST_SECONDS):
+            return False
+        return bool(super()._should_retry(response, api_connection_error, num_retries,
+                                          max_network_retries))
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -40,13 +100,14 @@ def _post(method: Any, params: dict[str, Any], idempotency_key: str) -> dict[str
 
 
 class StripeGateway:
-    def __init__(self, secret_key: str, api_base: str, timeout: int, webhook_secret: str):
+    def __init__(self, secret_key: str, api_base: str, timeout: int,
+                 webhook_secrets: tuple[str, ...]):
         self._client = stripe.StripeClient(
             secret_key,
             stripe_version=API_VERSION,
             base_addresses={"api": api_base},
             max_network_retries=2,
-            http_client=stripe.RequestsClient(timeout=timeout),
+            http_client=_BudgetedRequestsClient(timeout),
         )
         # For reads made while a person waits on a page that refreshes anyway: a
         # short timeout and no retries, so a slow Stripe cannot hold worker
@@ -58,7 +119,7 @@ class StripeGateway:
             max_network_retries=0,
             http_client=stripe.RequestsClient(timeout=min(timeout, QUICK_TIMEOUT_SECONDS)),
         )
-        self._webhook_secret = webhook_secret
+        self._webhook_secrets = webhook_secrets
 
     def _reader(self, quick: bool) -> stripe.StripeClient:
         return self._quick_client if quick else self._client
@@ -156,16 +217,27 @@ class StripeGateway:
 
     def verify_webhook(self, payload: bytes, signature_header: str | None) -> None:
         """Raise stripe.SignatureVerificationError unless Stripe signed ``payload``
-        with our endpoint secret within the last five minutes."""
+        with one of our endpoint secrets within the last five minutes.
+
+        Several secrets are accepted while one is rolled (Stripe signs with the
+        new and the old one for a while, one ``v1`` entry each)."""
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             text = None
         if not signature_header or text is None:
             raise stripe.SignatureVerificationError("unsigned or undecodable payload", "")
-        stripe.WebhookSignature.verify_header(
-            text, signature_header, self._webhook_secret, tolerance=WEBHOOK_TOLERANCE_SECONDS
-        )
+        error: stripe.SignatureVerificationError | None = None
+        for secret in self._webhook_secrets:
+            try:
+                stripe.WebhookSignature.verify_header(
+                    text, signature_header, secret, tolerance=WEBHOOK_TOLERANCE_SECONDS)
+            except stripe.SignatureVerificationError as exc:
+                error = exc
+                continue
+            return
+        assert error is not None  # noqa: S101 - settings require one secret
+        raise error
 
 
 def init_app(app: Flask) -> None:

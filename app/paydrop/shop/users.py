@@ -24,8 +24,18 @@ def _user(row: dict[str, Any] | None) -> User | None:
     return User(**row) if row else None
 
 
-def create(cur: Any, email: str, password_hash: str) -> User | None:
-    """The new user, or None when the address is taken."""
+def create(cur: Any, email: str, password_hash: str,
+           replace_unverified_after: int | None = None) -> User | None:
+    """The new user, or None when the address is taken.
+
+    With ``replace_unverified_after`` (seconds), an account for the address that
+    was never verified and is older than that is replaced: whoever registered it
+    never proved the address, so it cannot keep it from its owner. Its orders
+    go back to being guest orders of the address (they join an account again
+    once someone proves the address).
+    """
+    if replace_unverified_after is not None:
+        _delete_unverified(cur, replace_unverified_after, email=email.lower())
     cur.execute("SAVEPOINT create_user")
     try:
         cur.execute(
@@ -54,6 +64,15 @@ def set_password_hash(cur: Any, user_id: int, password_hash: str) -> None:
     cur.execute("UPDATE users SET password_hash = %s WHERE id = %s", (password_hash, user_id))
 
 
+def replace_password_hash(cur: Any, user_id: int, old_hash: str, new_hash: str) -> bool:
+    """Set a new hash only if the old one is still current; True when it changed."""
+    cur.execute(
+        "UPDATE users SET password_hash = %s WHERE id = %s AND password_hash = %s RETURNING id",
+        (new_hash, user_id, old_hash),
+    )
+    return cur.fetchone() is not None
+
+
 def mark_email_verified(cur: Any, user_id: int, email: str) -> bool:
     """True when the address still belongs to the user (and is now verified)."""
     cur.execute(
@@ -71,3 +90,21 @@ def verified_user_id(cur: Any, email: str) -> int | None:
     )
     row = cur.fetchone()
     return int(row["id"]) if row else None
+
+
+def _delete_unverified(cur: Any, older_than_seconds: int, email: str | None = None) -> int:
+    where: sql.Composable = sql.SQL("""email_verified_at IS NULL
+        AND created_at < now() - make_interval(secs => %s)""")
+    params: list[Any] = [older_than_seconds]
+    if email is not None:
+        where = sql.SQL("{} AND email = %s").format(where)
+        params.append(email)
+    cur.execute(sql.SQL("""UPDATE orders SET user_id = NULL, updated_at = now()
+        WHERE user_id IN (SELECT id FROM users WHERE {})""").format(where), params)
+    cur.execute(sql.SQL("DELETE FROM users WHERE {}").format(where), params)
+    return int(cur.rowcount)
+
+
+def expire_unverified(cur: Any, older_than_seconds: int) -> int:
+    """Delete accounts never verified within ``older_than_seconds``; how many."""
+    return _delete_unverified(cur, older_than_seconds)

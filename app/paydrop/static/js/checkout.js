@@ -8,6 +8,11 @@
  *    in its own database (the page never sends an amount).
  * 3. If the bank asks for authentication, finish it with confirmCardPayment and
  *    let the server check the result.
+ *
+ * Only the server knows whether money was taken. When its answer is not a
+ * definite one (a 504 from the load balancer, a lost connection, "unknown"),
+ * the page says so and keeps the SetupIntent: pressing Pay again posts the
+ * same one, which resumes the same order and cannot charge twice.
  */
 (function () {
   "use strict";
@@ -18,6 +23,11 @@
   var errorBox = document.getElementById("payment-error");
   var emailInput = document.getElementById("email");
   var csrfToken = form.querySelector('input[name="csrf_token"]').value;
+  // The SetupIntent of a payment whose outcome we do not know yet.
+  var unsettledSetupIntent = null;
+  var UNKNOWN = "We did not get an answer about your payment, so it may have gone through. " +
+    "Check your e-mail or 'My orders' before paying again; pressing Pay again continues " +
+    "the same order and cannot charge you twice.";
 
   function showError(message, orderUrl) {
     errorBox.textContent = message;
@@ -53,7 +63,7 @@
       body: JSON.stringify(body)
     }).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (data) {
-        return { ok: response.ok, data: data };
+        return { ok: response.ok, status: response.status, data: data };
       });
     });
   }
@@ -63,20 +73,23 @@
       showError("Enter a valid e-mail address for your receipt.");
       return;
     }
-    var setup = await post(form.dataset.setupUrl, {});
-    if (!setup.ok) {
-      showError(setup.data.error || "The payment could not be started. Please try again.");
-      return;
+    if (!unsettledSetupIntent) {
+      var setup = await post(form.dataset.setupUrl, {});
+      if (!setup.ok) {
+        showError(setup.data.error || "The payment could not be started. Please try again.");
+        return;
+      }
+      var confirmed = await stripe.confirmCardSetup(setup.data.client_secret, {
+        payment_method: { card: card }
+      });
+      if (!confirmed || confirmed.error) {
+        showError((confirmed && confirmed.error && confirmed.error.message) ||
+                  "Your card was not accepted. Check the details and try again.");
+        return;
+      }
+      unsettledSetupIntent = confirmed.setupIntent.id;
     }
-    var confirmed = await stripe.confirmCardSetup(setup.data.client_secret, {
-      payment_method: { card: card }
-    });
-    if (!confirmed || confirmed.error) {
-      showError((confirmed && confirmed.error && confirmed.error.message) ||
-                "Your card was not accepted. Check the details and try again.");
-      return;
-    }
-    var body = { setup_intent_id: confirmed.setupIntent.id };
+    var body = { setup_intent_id: unsettledSetupIntent };
     if (emailInput) { body.email = emailInput.value; }
     var result = await post(form.dataset.payUrl, body);
     if (result.ok && result.data.status === "requires_action") {
@@ -85,11 +98,17 @@
       result = await post(result.data.confirm_url, {});
     }
     if (result.ok && result.data.redirect) {
+      unsettledSetupIntent = null;
       window.location.assign(result.data.redirect);
       return;
     }
-    showError(result.data.error || "The payment did not go through. No money was taken.",
-              result.data.order_url);
+    if (result.status >= 400 && result.status < 500) {
+      // A definite answer: this attempt is over (the server says whether anything was charged).
+      unsettledSetupIntent = null;
+      showError(result.data.error || "The payment did not go through.", result.data.order_url);
+      return;
+    }
+    showError(result.data.error || UNKNOWN, result.data.order_url);
   }
 
   form.addEventListener("submit", function (event) {
@@ -98,7 +117,8 @@
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
     pay().catch(function () {
-      showError("We could not reach the server. Check your connection and try again.");
+      showError(unsettledSetupIntent ? UNKNOWN :
+                "We could not reach the server. Check your connection and try again.");
     }).finally(function () {
       button.disabled = false;
       button.removeAttribute("aria-busy");

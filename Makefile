@@ -29,6 +29,7 @@ help:
 	@echo "make image-archive  save it to build/images/paydrop-$(VERSION).tar, which the app role ships to hosts"
 	@echo "make demo-check     buy a demo product in the running sandbox with headless Chromium"
 	@echo "make demo-down      remove the sandbox's containers (its generated secrets stay in .sandbox/)"
+	@echo "make bench          benchmarks against the running sandbox, ratios to same-run baselines (QUICK=1: seconds)"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -98,6 +99,12 @@ demo-check:
 
 demo-down:
 	scripts/sandbox down
+
+# Benchmarks against the running sandbox (make demo first): bench/README.md.
+# QUICK=1: tiny loads in seconds, no goals judged; without a sandbox it checks
+# the harness on throw-away local pieces. Fails only when a benchmark cannot run.
+bench: venv
+	$(BIN)/python -m bench $(if $(QUICK),--quick)
 
 clean:
 	rm -rf build

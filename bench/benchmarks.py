@@ -204,9 +204,10 @@ class MemorySampler:
         self.sb = sb
         self.peak = {"slot_rss_mb": 0.0, "slot_pss_mb": 0.0, "host_pss_mb": 0.0, "host_rss_mb": 0.0}
         self._stop = threading.Event()
+        self.slot = set(sb.slot_pids())
 
     def sample(self) -> None:
-        slot = set(self.sb.slot_pids())
+        slot = self.slot
         procs = self.sb.processes()
         now = {
             "slot_rss_mb": sum(p.rss_kb for p in procs if p.pid in slot) / 1024,

@@ -22,6 +22,27 @@ HELLO_PORT = 8009
 BASELINE_HOST = "bench-baseline"
 
 
+_PROCESSES = """
+import os
+
+
+def field(name, text):
+    for line in text.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        status = open(f"/proc/{pid}/status").read()
+        rollup = open(f"/proc/{pid}/smaps_rollup").read() if "VmRSS" in status else ""
+    except OSError:
+        continue
+    print(pid, field("PPid", status), field("VmRSS", status), field("Pss", rollup))
+"""
+
+
 @dataclass(frozen=True)
 class Proc:
     pid: int
@@ -84,24 +105,10 @@ class Sandbox:
         return [p.pid for p in self.processes() if p.pid == master or p.ppid == master]
 
     def processes(self) -> list[Proc]:
-        """Every process of the sandbox host (its slots' containers included)."""
-        out = self.sh(r"""
-for d in /proc/[0-9]*; do
-  s=$(cat $d/status 2>/dev/null) || continue
-  r=$(cat $d/smaps_rollup 2>/dev/null) || r=""
-  printf '%s %s %s %s\n' "${d#/proc/}" \
-    "$(printf '%s\n' "$s" | sed -n 's/^PPid:[[:space:]]*//p')" \
-    "$(printf '%s\n' "$s" | sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\).*/\1/p')" \
-    "$(printf '%s\n' "$r" | sed -n 's/^Pss:[[:space:]]*\([0-9]*\).*/\1/p')"
-done""")
-        procs = []
-        for line in out.splitlines():
-            fields = line.split()
-            if len(fields) == 4:
-                procs.append(Proc(int(fields[0]), int(fields[1]), int(fields[2]), int(fields[3])))
-            elif len(fields) == 2:  # kernel threads: no memory of their own
-                procs.append(Proc(int(fields[0]), int(fields[1]), 0, 0))
-        return procs
+        """Every process of the sandbox host (its slots' containers included),
+        read by one Python process there, so sampling costs little."""
+        out = self.sh("python3 -", stdin=_PROCESSES)
+        return [Proc(*map(int, line.split())) for line in out.splitlines()]
 
     def cpu_seconds(self, pids: list[int]) -> float:
         """utime + stime of these processes (all their threads), in seconds."""

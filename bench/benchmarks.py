@@ -415,8 +415,8 @@ def releases(sb: Sandbox, fx: Fixtures, size: Size) -> dict:
 # --- 5. Convergence ---------------------------------------------------------------------------------------
 
 def convergence(sb: Sandbox, fx: Fixtures, size: Size) -> dict:
-    """What make demo runs, again, on the converged sandbox: nothing may change."""
-    seconds, out = _playbook(sb, "playbooks/sandbox.yml", "-e", f"app_version={sb.active_version()}")
+    """site.yml again on the sandbox make demo converged: nothing may change."""
+    seconds, out = _playbook(sb, "playbooks/site.yml", "-e", f"app_version={sb.active_version()}")
     recap = re.search(r"^\S+\s*:\s*ok=(\d+)\s+changed=(\d+)", out, re.M)
     changed_tasks = re.findall(r"^changed: \[[^\]]+\].*$|^TASK \[(.*)\]", out, re.M)
     names, changed = [], []

@@ -68,7 +68,7 @@ class Request:
 
 
 def send_each(port: int, ca: Path, requests: list[Request], *, copies: int = 1, connections: int = 16,
-              deadline_s: float = 120) -> dict:
+              deadline_s: float = 240) -> dict:
     """Send every request `copies` times: one lane per copy, each lane walks the
     list in the same order on its own connections, so the copies of a request
     arrive at nearly the same moment (a retrying Stripe, racing itself)."""

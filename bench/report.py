@@ -29,8 +29,9 @@ def rows(results: dict) -> list[Row]:
     if "webhooks" in b:
         w = b["webhooks"]
         once, x3 = w["once"], w["x3"]
-        out.append(row("2 webhooks", f"distinct events/s (p99 {once['p99_ms']} ms)", once["events_per_s"],
-                        300, "events/s", "≥ 300 events/s", once["events_per_s"] >= 300))
+        out.append(row("2 webhooks", f"distinct events/s (p99 {once['p99_ms']} ms) vs the same POSTs to hello",
+                       once["events_per_s"], w["hello"]["requests_per_s"], "events/s", "≥ 300 events/s",
+                       once["events_per_s"] >= 300))
         out.append(row("2 webhooks", f"each event 3× concurrently: deliveries/s (p99 {x3['p99_ms']} ms)",
                         x3["requests_per_s"], None, "req/s", "-", None))
         exact = once["fulfilment"]["exactly_once"] and x3["fulfilment"]["exactly_once"]
@@ -94,7 +95,7 @@ def chart(table: list[Row], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     shown = [r for r in table if r["ratio"] is not None and r["unit"] != "bool"]
-    goals = {"ratio ≥ 0.6": 0.6, "ratio ≥ 0.8": 0.8, "≥ 300 events/s": 1.0, "changed=0, < 60 s": 1.0,
+    goals = {"ratio ≥ 0.6": 0.6, "ratio ≥ 0.8": 0.8, "changed=0, < 60 s": 1.0,
              "independent of size (ratio ≤ 1.5)": 1.5, "fits VPS M (4 GB)": 1.0}
     fig, ax = plt.subplots(figsize=(10, 0.6 * len(shown) + 1.5))
     labels = [f"{r['benchmark']}: {r['what'].split(' (')[0]}" for r in shown]

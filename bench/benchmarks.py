@@ -406,6 +406,7 @@ def _switch(sb: Sandbox, steady: load.SteadyLoad, to: str, args: list[str]) -> d
         "requests": len(samples),
         "failed": len(failed),
         "failures": sorted({s.status for s in failed}),
+        "retried_after_close": sum(s.retried for s in samples),
     }
 
 

@@ -136,6 +136,7 @@ class Sample:
     at: float
     status: str
     release: str
+    retried: bool = False
 
 
 class SteadyLoad:
@@ -176,17 +177,27 @@ class SteadyLoad:
                 self._stop.wait(delay)
             next_at += interval
             at = time.monotonic()
-            try:
-                conn.request("GET", self.path)
-                answer = conn.getresponse()
-                answer.read()
-                status, release = str(answer.status), answer.getheader("X-Release", "")
-            except (OSError, http.client.HTTPException) as exc:
-                status, release = type(exc).__name__, ""
-                conn.close()
-                conn = http.client.HTTPSConnection("localhost", self.port, context=self.context, timeout=10)
+            retried = False
+            for attempt in (1, 2):
+                try:
+                    conn.request("GET", self.path)
+                    answer = conn.getresponse()
+                    answer.read()
+                    status, release = str(answer.status), answer.getheader("X-Release", "")
+                    break
+                except (OSError, http.client.HTTPException) as exc:
+                    status, release = type(exc).__name__, ""
+                    conn.close()
+                    conn = http.client.HTTPSConnection("localhost", self.port, context=self.context, timeout=10)
+                    # A keep-alive connection the server closed as the request left
+                    # (nginx's old workers close idle ones at a reload): browsers
+                    # retry such a GET once on a new connection (RFC 9112, 9.3.1).
+                    if attempt == 1 and isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError):
+                        retried = True
+                        continue
+                    break
             with self._lock:
-                self.samples.append(Sample(at, status, release))
+                self.samples.append(Sample(at, status, release, retried))
         conn.close()
 
     def between(self, start: float, end: float) -> list[Sample]:

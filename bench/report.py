@@ -53,8 +53,9 @@ def rows(results: dict) -> list[Row]:
             s = r[step]
             goal_s = "≤ 20 s, 0 failed" if step == "rollback" else "0 failed"
             met = s["failed"] == 0 and (step != "rollback" or (s["all_answers_s"] or 999) <= 20)
-            out.append(row("4 releases", f"{step}: new release answers after (s); playbook "
-                            f"{s['playbook_seconds']} s; failed {s['failed']}/{s['requests']} at 50 req/s",
+            out.append(row("4 releases", f"{step}: every answer from the target release after (s); playbook "
+                           f"{s['playbook_seconds']} s; failed {s['failed']}/{s['requests']} at 50 req/s "
+                           f"({s.get('retried_after_close', 0)} retried after a closed keep-alive)",
                             s["all_answers_s"], None, "s", goal_s, met))
     if "convergence" in b:
         c = b["convergence"]

@@ -78,6 +78,8 @@ def summarise(collapsed: Path, top: int = 30) -> None:
     busy = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
         frames = stack.split(";")
         if any(idle in frames[-1] for idle in ("select (selectors", "wait (threading", "_worker (concurrent")):
             continue

@@ -59,7 +59,7 @@ def rows(results: dict) -> list[Row]:
                             s["all_answers_s"], None, "s", goal_s, met))
     if "convergence" in b:
         c = b["convergence"]
-        out.append(row("5 convergence", f"second make-demo converge: changed={c['changed']}", c["seconds"], 60,
+        out.append(row("5 convergence", f"second site.yml: changed={c['changed']}", c["seconds"], 60,
                         "s", "changed=0, < 60 s", c["changed"] == 0 and c["seconds"] < 60))
     if "pages" in b:
         m = b["pages"]["memory_peak"]

@@ -100,10 +100,12 @@ demo-check:
 demo-down:
 	scripts/sandbox down
 
-# Benchmarks against the running sandbox (make demo first): bench/README.md.
+# Benchmarks against the sandbox, started first when it is not up (bench/README.md).
 # QUICK=1: tiny loads in seconds, no goals judged; without a sandbox it checks
 # the harness on throw-away local pieces. Fails only when a benchmark cannot run.
 bench: venv
+	@if [ -z "$(QUICK)" ] && ! scripts/sandbox status >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory demo; fi
 	$(BIN)/python -m bench $(if $(QUICK),--quick)
 
 clean:

@@ -43,6 +43,7 @@ help:
 	@echo "make image-archive  save it to build/images/paydrop-$(VERSION).tar, which the app role ships to hosts"
 	@echo "make demo-check     buy a demo product in the running sandbox with headless Chromium"
 	@echo "make demo-down      remove the sandbox's containers (its generated secrets stay in .sandbox/)"
+	@echo "make bench          benchmarks against the running sandbox, ratios to same-run baselines (QUICK=1: seconds)"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -109,6 +110,14 @@ demo-check:
 
 demo-down:
 	scripts/sandbox down
+
+# Benchmarks against the sandbox, started first when it is not up (bench/README.md).
+# QUICK=1: tiny loads in seconds, no goals judged; without a sandbox it checks
+# the harness on throw-away local pieces. Fails only when a benchmark cannot run.
+bench: venv
+	@if [ -z "$(QUICK)" ] && ! scripts/sandbox status >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory demo; fi
+	$(BIN)/python -m bench $(if $(QUICK),--quick)
 
 clean:
 	rm -rf build

@@ -1,0 +1,1 @@
+"""make bench: Paydrop's benchmarks, each a ratio to a baseline measured in the same run (README.md)."""

@@ -12,12 +12,14 @@ SCENARIOS ?= default production
 # them left no record. A step NAME runs `step.NAME`; `report.NAME` names the
 # JUnit report (in $(JUNIT)) it must leave with at least one test in it.
 # To add a step: append its name here and define its `step.` (and `report.`).
-TEST_STEPS := lint collection-build pytest test-hosts $(SCENARIOS:%=molecule-%)
+TEST_STEPS := lint collection-build pytest bench-quick test-hosts $(SCENARIOS:%=molecule-%)
 step.lint             = $(MAKE) --no-print-directory lint
 step.collection-build = $(MAKE) --no-print-directory collection
 step.pytest           = $(BIN)/pytest tests --junitxml=$(JUNIT)/pytest.xml
 report.pytest         = pytest.xml
 step.test-hosts       = scripts/testhosts build
+# The benchmark scripts on tiny loads, no goals: so they cannot rot (make bench is not a test).
+step.bench-quick      = $(MAKE) --no-print-directory bench QUICK=1
 $(foreach s,$(SCENARIOS),$(eval step.molecule-$(s) = scripts/run-molecule.sh $(s)))
 $(foreach s,$(SCENARIOS),$(eval report.molecule-$(s) = molecule-$(s).xml))
 # Skips the summary accepts, each with its reason (printed on every run).

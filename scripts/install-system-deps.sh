@@ -11,8 +11,8 @@ PACKAGES=(
   postgresql-15 postgresql-client-15 redis-server nginx-light
   # a real browser for the shop's pages
   chromium chromium-driver
-  # tooling
-  make git rsync python3-venv
+  # tooling (wrk: the load generator of make bench)
+  make git rsync python3-venv wrk
 )
 
 missing=()

@@ -423,6 +423,7 @@ def test_download_tokens_and_query_strings_never_reach_the_logs(
     request_id = "edge-log-" + uuid.uuid4().hex
     edge("GET", f"/downloads/{token}?session_id={query}", headers={"X-Request-ID": request_id})
     edge("GET", f"/account/verify/{token}", headers={"X-Request-ID": request_id + "-verify"})
+    edge("GET", f"/account/password/reset/{token}", headers={"X-Request-ID": request_id + "-reset"})
     edge("GET", f"/products/x?session_id={query}", headers={
         "X-Request-ID": request_id + "-query", "Referer": f"https://{SERVER_NAME}/downloads/{token}?q={query}"})
     # nginx writes the access log line when the request ends: wait for the last one.
@@ -436,6 +437,7 @@ def test_download_tokens_and_query_strings_never_reach_the_logs(
     assert entries[request_id]["path"] == "/downloads/[redacted]"
     assert entries[request_id]["status"] == 502
     assert entries[request_id + "-verify"]["path"] == "/account/verify/[redacted]"
+    assert entries[request_id + "-reset"]["path"] == "/account/password/reset/[redacted]"
     assert entries[request_id + "-query"]["path"] == "/products/x"
     assert entries[request_id + "-query"]["referer"] == f"https://{SERVER_NAME}"
 

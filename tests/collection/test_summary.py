@@ -7,6 +7,7 @@ itself with stand-in steps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -116,10 +117,8 @@ def test_a_killed_wrapper_leaves_a_failure_not_nothing(junit: Path, signum: int,
         wrapper.wait(timeout=40)
     finally:
         # The command itself (`sleep 30`), orphaned when the wrapper got SIGKILL.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(wrapper.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     done = summary(junit, "molecule-default")
     assert done.returncode == 1
     assert f"FAILED step molecule-default: {expected}" in done.stdout

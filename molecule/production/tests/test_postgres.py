@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 import uuid
 from pathlib import Path
 
@@ -167,12 +166,9 @@ def test_the_heartbeat_keeps_writing(db1: Host, db2: Host) -> None:
 def test_replica_was_not_recloned_and_streams_again(db1: Host, db2: Host) -> None:
     """side_effect.yml stopped the replica, wrote on the primary and ran the playbook again."""
     assert db2.file("/var/lib/postgresql/15/main/molecule-replica-marker").exists
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if sql(db1, "SELECT state FROM pg_stat_replication WHERE application_name = 'db2'") == "streaming":
-            break
-        time.sleep(1)
-    assert sql(db1, "SELECT state FROM pg_stat_replication WHERE application_name = 'db2'") == "streaming"
+    scenario.wait_until(
+        lambda: sql(db1, "SELECT state FROM pg_stat_replication WHERE application_name = 'db2'") == "streaming",
+        "db2 streaming again", timeout=30, interval=1)
     assert sql(db2, "SELECT count(*) FROM molecule_while_down", db="paydrop") == "1000"
 
 
@@ -215,11 +211,9 @@ def test_a_full_backup_restores_to_identical_data(db1: Host) -> None:
             f"runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {SCRATCH} -w -t 120 "
             f"-l {SCRATCH}.log -o {shlex.quote(options)} start"
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if sql(db1, "SELECT pg_is_wal_replay_paused()", port=SCRATCH_PORT) == "t":
-                break
-            time.sleep(0.5)
+        # Paused at the end of the backup: what it reads now is what the backup holds.
+        scenario.wait_until(lambda: sql(db1, "SELECT pg_is_wal_replay_paused()", port=SCRATCH_PORT) == "t",
+                            "the restored copy pausing at the end of the backup", timeout=60, interval=0.5)
         assert sql(db1, CHECKSUM, db="paydrop", port=SCRATCH_PORT) == expected
     finally:
         db1.run(f"runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {SCRATCH} -m fast stop")

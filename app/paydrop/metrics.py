@@ -105,7 +105,7 @@ def peer_allowed() -> bool:
 def metrics() -> Response:
     if not peer_allowed():
         abort(404)
-    return Response(generate_latest(_registry()) + _outbox_metrics(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()) + _outbox_metrics(), content_type=CONTENT_TYPE_LATEST)
 
 
 class _OutboxCollector:

@@ -131,3 +131,11 @@ def test_trusted_proxy_gives_the_app_the_client_address(make_app: Callable[..., 
     flask_app.test_client().get("/_test/whoami", environ_base={"REMOTE_ADDR": "10.9.9.9"},
                                 headers={"X-Forwarded-For": "198.51.100.4"})
     assert seen == ["198.51.100.4"]
+
+
+def test_metrics_carry_prometheus_content_type_exactly_once(make_app: Callable[..., Any]) -> None:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    response = _get(make_app().test_client(), "/metrics", "127.0.0.1")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST

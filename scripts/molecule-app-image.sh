@@ -20,9 +20,13 @@ ARCHIVE="$ARCHIVE_DIR/paydrop-$VERSION.tar"
 log() { printf 'molecule-app-image: %s\n' "$*" >&2; }
 
 scripts/testhosts ensure-engine
-if ! compgen -G 'wheelhouse/*.whl' >/dev/null; then
-  log "no wheelhouse yet: building it"
+# Built again when a lock file changed since (a wheelhouse from before a new
+# dependency would fail the image build with "No matching distribution").
+if ! compgen -G 'wheelhouse/*.whl' >/dev/null || [ app/requirements.lock -nt wheelhouse/.built ] \
+   || [ app/requirements-build.lock -nt wheelhouse/.built ]; then
+  log "building the wheelhouse (missing, or older than the lock files)"
   scripts/build-wheels.sh
+  touch wheelhouse/.built
 fi
 # A fixed revision keeps the image id (and so the archive) the same across
 # commits that do not change what the image is built from.

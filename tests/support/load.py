@@ -125,13 +125,17 @@ class Load:
         with self._lock:
             return [o for o in self.outcomes if o.at >= since and not 200 <= o.status < 300]
 
-    def versions(self) -> list[str]:
-        """Releases that answered readiness, in the order they were seen (repeats collapsed)."""
+    def versions(self, since: float = 0.0) -> list[str]:
+        """Releases that answered readiness to requests sent at or after `since`, in the order
+        the requests were sent (repeats collapsed). Around a switch the two releases may
+        alternate for a moment: nginx's old workers finish the requests already on their
+        keep-alive connections while new connections reach the new upstream."""
         seen: list[str] = []
         with self._lock:
-            for outcome in self.outcomes:
-                if outcome.version and (not seen or seen[-1] != outcome.version):
-                    seen.append(outcome.version)
+            outcomes = sorted(self.outcomes, key=lambda o: o.at)
+        for outcome in outcomes:
+            if outcome.at >= since and outcome.version and (not seen or seen[-1] != outcome.version):
+                seen.append(outcome.version)
         return seen
 
     def report(self) -> str:

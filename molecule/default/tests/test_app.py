@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import testinfra.host
@@ -28,6 +30,10 @@ APP_UID = 10001
 SECRETS_DIR = "/etc/paydrop/secrets"
 ENV_FILE = "/etc/paydrop/app.env"
 STATE_FILE = "/etc/ansible/facts.d/paydrop_release.fact"
+ASSETS_DIR = "/var/lib/paydrop/assets"
+ACCEL_PREFIX = "/_protected/"
+SERVER_NAME = "staging.paydrop.example"
+SECRET_KEY = "test-only-secret-key-for-molecule-0123456789"
 # TEST-ONLY values from molecule/default/host_vars/staging1.yml.
 SECRET_VALUES = [
     "test-only-app-password",
@@ -164,6 +170,71 @@ def test_assets_directory_is_shared_with_nginx(host: testinfra.host.Host) -> Non
     env = host.file(ENV_FILE).content_string.splitlines()
     assert "DOWNLOAD_ACCEL_PREFIX=/_protected/" in env
     assert "STORAGE_LOCAL_DIR=/var/lib/paydrop/assets" in env
+
+
+def psql(host: testinfra.host.Host, query: str) -> str:
+    """One statement on staging1's own database (it is the primary too); the first row."""
+    return host.check_output(
+        "runuser -u postgres -- psql -X -At -v ON_ERROR_STOP=1 -d paydrop -c %s", query).splitlines()[0]
+
+
+def test_a_file_the_app_stored_is_handed_to_nginx_and_served_by_it(host: testinfra.host.Host) -> None:
+    """Local storage end to end: `paydrop products add` stores the file; for a paid order's
+    link the slot answers with an empty body and X-Accel-Redirect naming the stored key, and
+    through the load balancer the shopper gets exactly the stored bytes (nginx read them from
+    the assets directory the app wrote), never the internal header; /_protected/ is not public."""
+    from itsdangerous import URLSafeSerializer
+    from paydrop.shop import grants
+
+    slug = f"accel-probe-{uuid.uuid4().hex[:8]}"
+    upload = f"{ASSETS_DIR}/upload-{slug}.bin"
+    host.check_output(f"head -c 300000 /dev/urandom > {upload} && chown {APP_UID} {upload}")
+    stored = ""
+    try:
+        host.check_output(f"docker exec paydrop-blue paydrop products add --slug {slug} "
+                          f"--title 'X-Accel probe' --price 1.00 --file {upload}")
+        key = psql(host, f"SELECT asset_key FROM products WHERE slug = '{slug}'")  # noqa: S608
+        stored = f"{ASSETS_DIR}/{key}"
+        assert host.file(stored).exists, f"the app stored nothing at {stored}"
+        order_id = psql(host, (
+            "INSERT INTO orders (product_id, amount, currency, email, checkout_mode, status, paid_at) "  # noqa: S608
+            "SELECT id, price_amount, currency, 'accel@paydrop.test', 'payment_intent', 'paid', now() "
+            f"FROM products WHERE slug = '{slug}' RETURNING id"))
+        grant_id = psql(host, (
+            "INSERT INTO download_grants (order_id, expires_at, max_downloads) "  # noqa: S608
+            f"VALUES ('{order_id}', now() + interval '1 day', 5) RETURNING id"))
+        token = URLSafeSerializer(SECRET_KEY, salt=grants._SALT).dumps(grant_id)
+
+        direct = host.check_output(
+            "curl -sS -D - -o /tmp/accel-direct.bin -H 'Host: %s' -H 'X-Forwarded-Proto: https' "
+            "http://%s:%s/downloads/%s", SERVER_NAME, private_address(host), str(BLUE), token)
+        assert direct.split()[1] == "200", direct
+        assert f"x-accel-redirect: {ACCEL_PREFIX}{quote(key)}" in direct.lower().replace("\r", "")
+        assert host.file("/tmp/accel-direct.bin").size == 0
+
+        edge = host.check_output(
+            "curl -sS -k -D - -o /tmp/accel-edge.bin --resolve %s:443:127.0.0.1 https://%s/downloads/%s",
+            SERVER_NAME, SERVER_NAME, token)
+        assert edge.split()[1] == "200", edge
+        assert "x-accel-redirect" not in edge.lower()
+        assert "x-frame-options: deny" in edge.lower()
+        assert host.check_output("sha256sum < /tmp/accel-edge.bin") == host.check_output(f"sha256sum < {stored}")
+        assert host.check_output("sha256sum < /tmp/accel-edge.bin") == host.check_output(f"sha256sum < {upload}")
+        assert psql(host, f"SELECT download_count FROM download_grants WHERE id = '{grant_id}'") == "2"  # noqa: S608
+
+        hidden = host.check_output(
+            "curl -sS -k -o /dev/null -w '%%{http_code}' --resolve %s:443:127.0.0.1 https://%s%s%s",
+            SERVER_NAME, SERVER_NAME, ACCEL_PREFIX, quote(key))
+        assert hidden == "404"
+    finally:
+        host.run(f"rm -f {upload} /tmp/accel-direct.bin /tmp/accel-edge.bin")
+        host.run("runuser -u postgres -- psql -X -q -d paydrop -c %s",
+                 "DELETE FROM download_grants WHERE order_id IN (SELECT o.id FROM orders o JOIN products p "
+                 f"ON p.id = o.product_id WHERE p.slug = '{slug}'); "
+                 f"DELETE FROM orders WHERE product_id IN (SELECT id FROM products WHERE slug = '{slug}'); "
+                 f"DELETE FROM products WHERE slug = '{slug}'")
+        if stored:
+            host.run(f"rm -f {stored}")
 
 
 # --- what the app answers ----------------------------------------------------------------------

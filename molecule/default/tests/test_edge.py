@@ -38,7 +38,6 @@ UPSTREAM_CONF = "/etc/nginx/conf.d/paydrop-upstream.conf"
 SITE_CONF = "/etc/nginx/conf.d/paydrop.conf"
 ACCESS_LOG = "/var/log/nginx/access.log"
 ERROR_LOG = "/var/log/nginx/error.log"
-ASSETS_DIR = "/var/lib/paydrop/assets"
 SLOT_PORTS = {"blue": 8001, "green": 8002}
 CSP = (
     "default-src 'self'; script-src 'self' https://js.stripe.com; "
@@ -158,13 +157,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path.startswith("/slow/"):
             time.sleep(float(self.path.rsplit("/", 1)[1]))
-        if self.path.startswith("/downloads/accel-"):
-            self.send_response(200)
-            self.send_header("X-Accel-Redirect", "/_protected/edge-probe.txt")
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
         out = json.dumps({"color": color, "path": self.path,
                           "headers": {k.lower(): v for k, v in self.headers.items()},
                           "body_sha256": hashlib.sha256(body).hexdigest()}).encode()
@@ -476,22 +468,6 @@ def test_webhook_body_passes_untouched(host: testinfra.host.Host, edge: Edge) ->
     seen = json.loads(answer.body)
     assert seen["body_sha256"] == hashlib.sha256(payload).hexdigest()
     assert seen["headers"]["stripe-signature"] == "t=1,v1=x"
-
-
-def test_x_accel_redirect_is_served_by_nginx(host: testinfra.host.Host, edge: Edge) -> None:
-    created = host.run("test -d %s", ASSETS_DIR).rc != 0
-    host.check_output(f"mkdir -p {ASSETS_DIR} && echo protected-bytes > {ASSETS_DIR}/edge-probe.txt")
-    try:
-        with fake_app(host):
-            answer = edge("GET", "/downloads/accel-" + uuid.uuid4().hex)
-        direct = edge("GET", "/_protected/edge-probe.txt")
-    finally:
-        host.run(f"rm -rf {ASSETS_DIR}" if created else f"rm -f {ASSETS_DIR}/edge-probe.txt")
-    assert answer.status == 200
-    assert answer.body == "protected-bytes\n"
-    assert answer.header("x-frame-options") == "DENY"
-    assert "x-accel-redirect" not in answer.headers
-    assert direct.status == 404
 
 
 # --- blue-green switch ---------------------------------------------------------------------

@@ -155,6 +155,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def answer(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if color == "blue" and self.path.startswith("/blue-refuses/"):
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path.startswith("/slow/"):
             time.sleep(float(self.path.rsplit("/", 1)[1]))
         out = json.dumps({"color": color, "path": self.path,
@@ -559,6 +564,41 @@ def test_a_request_in_flight_survives_a_reload(host: testinfra.host.Host, edge: 
             in_flight.kill()
     assert (in_flight.returncode, stdout) == (0, "200"), stderr
     assert master_and_workers(host)[0] == master
+
+
+def test_only_idempotent_requests_go_to_the_next_server_after_a_503(host: testinfra.host.Host,
+                                                                       edge: Edge) -> None:
+    """proxy_next_upstream: a GET that one server answers 503 is retried on the next (the shopper
+    never sees it), a POST never is (nginx does not repeat non-idempotent requests: a payment
+    must not be sent twice). Both stand-ins go in the upstream for this check; blue refuses.
+    The access log's upstream_status shows each attempt."""
+    original = host.file(UPSTREAM_CONF).content_string
+    both = re.sub(r"(\n\s*server [^:]+):(\d+)( [^;]*;.*)",
+                  lambda m: "".join(f"{m[1]}:{port}{m[3]}" for port in SLOT_PORTS.values()), original, count=1)
+    assert both.count(f":{SLOT_PORTS['blue']} ") == 1 and both.count(f":{SLOT_PORTS['green']} ") == 1, both
+    run = uuid.uuid4().hex[:12]
+    try:
+        host.check_output("printf %s %s > %s && nginx -t -q && systemctl reload nginx", "%s", both, UPSTREAM_CONF)
+        with fake_app(host):
+            scenario.wait_until(lambda: edge("GET", "/ready").status == 200, "the reloaded workers", timeout=10)
+            # POSTs first: round robin sends one of two to blue; then GETs, while blue is not yet
+            # out of rotation (max_fails), so one of them meets blue's 503 too.
+            posts = [edge("POST", f"/blue-refuses/{n}", data=b"pay=once",
+                          headers={"X-Request-ID": f"{run}-post-{n}"}) for n in range(2)]
+            gets = [edge("GET", f"/blue-refuses/{n}", headers={"X-Request-ID": f"{run}-get-{n}"})
+                    for n in range(2)]
+    finally:
+        host.check_output("printf %s %s > %s && systemctl reload nginx", "%s", original, UPSTREAM_CONF)
+    scenario.wait_until(lambda: host.run("grep -c %s %s", run, ACCESS_LOG).stdout.strip() == "4",
+                        "the four requests in the access log", timeout=10)
+    attempts = {entry["request_id"]: entry["upstream_status"] for entry in
+                map(json.loads, host.check_output("grep -F %s %s", run, ACCESS_LOG).splitlines())}
+    assert [(a.status, json.loads(a.body)["color"]) for a in gets] == [(200, "green")] * 2
+    get_attempts = [attempts[f"{run}-get-{n}"] for n in range(2)]
+    assert set(get_attempts) <= {"200", "503, 200"} and "503, 200" in get_attempts, attempts
+    post_attempts = [attempts[f"{run}-post-{n}"] for n in range(2)]
+    assert post_attempts == [str(a.status) for a in posts], attempts
+    assert "503" in post_attempts, attempts
 
 
 # --- certificates (last: they replace the certificate the tests above trust) -------------

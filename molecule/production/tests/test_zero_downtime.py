@@ -8,9 +8,12 @@ printed:
 2. --tags rollback: the same, back to FIRST; a second rollback changes nothing.
 3. A release that never gets ready on app2 only: the playbook fails naming
    app2, the load balancer never switches, no failed request.
-4. A secret rotated through site.yml: the app hosts restart one at a time,
+4. A release every app host reports ready but the load balancer cannot reach:
+   deploy.yml switches, its check through the load balancer fails, and it
+   switches back by itself; the old release answers.
+5. A secret rotated through site.yml: the app hosts restart one at a time,
    no failed request.
-5. app2's slot stopped under load: at most a handful of failed requests, none
+6. app2's slot stopped under load: at most a handful of failed requests, none
    once nginx has marked it down; started again, app2 takes traffic again.
 
 Destructive (releases, stops app2's slot): runs after the other modules
@@ -144,6 +147,53 @@ def test_a_release_unready_on_app2_only_never_switches(under_load: Load) -> None
     assert "Point the upstream at the new colour" not in result.stdout
     assert under_load.failures() == []
     assert under_load.versions() == [fleet.FIRST]
+
+
+BLOCK = "paydrop-test-lb-blocked"
+
+
+def block_lb_to(port: int) -> None:
+    """On every app host: refuse lb1's connections to `port` (the slot itself stays ready)."""
+    lb1 = fleet.private_address("lb1")
+    for name in fleet.APP_HOSTS:
+        fleet.host(name).check_output(
+            f"nft insert rule inet paydrop input ip saddr {lb1} tcp dport {port} reject with tcp reset "
+            f"comment '\"{BLOCK}\"'")
+
+
+def unblock_lb() -> None:
+    for name in fleet.APP_HOSTS:
+        app = fleet.host(name)
+        for line in app.check_output("nft -a list chain inet paydrop input").splitlines():
+            if BLOCK in line:
+                app.check_output(f"nft delete rule inet paydrop input handle {line.rsplit('handle', 1)[1].strip()}")
+
+
+def test_a_release_the_load_balancer_cannot_reach_is_switched_back() -> None:
+    """Every new slot is ready on its own host, but lb1 cannot reach them: the switch happens,
+    the check through the load balancer fails, and deploy.yml switches back by itself."""
+    before = fleet.host("lb1").file(fleet.UPSTREAM).content_string
+    states = [fleet.state(name) for name in fleet.APP_HOSTS]
+    assert fleet.active_color() == "blue"
+    block_lb_to(8002)  # green
+    try:
+        result = fleet.playbook("deploy.yml", "-e", f"app_version={NEXT}", "-e", "deploy_verify_retries=3")
+        lb_after = fleet.host("lb1").file(fleet.UPSTREAM).content_string
+        color_after = fleet.active_color()
+    finally:
+        unblock_lb()
+    text = fleet.output(result, tail=50000)
+    assert result.returncode != 0
+    # It did switch (the readiness gate passed on both hosts), then switched back.
+    assert "Point the upstream at the new colour" in result.stdout, text
+    assert f"{NEXT} did not answer through the load balancer; switched back to blue ({fleet.FIRST})" in text
+    assert lb_after == before and color_after == "blue"
+    assert [fleet.state(name) for name in fleet.APP_HOSTS] == states
+    # The new slots were left running for inspection; the shop answers with the old release.
+    assert [fleet.running_release(name, "green") for name in fleet.APP_HOSTS] == [f"true {NEXT}"] * 2
+    with load(["/api/health/ready"]) as probe:
+        time.sleep(3)
+    assert probe.failures() == [] and probe.versions() == [fleet.FIRST], probe.report()
 
 
 def test_a_rotated_secret_restarts_one_app_host_at_a_time_without_a_failed_request(under_load: Load) -> None:

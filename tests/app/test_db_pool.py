@@ -1,0 +1,82 @@
+"""The database pool reuses its connections, and never hands out one the server closed.
+
+Real PostgreSQL (the session's test server); the backend's process id tells
+connections apart.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import pytest
+
+from paydrop import db
+
+
+def backend_pid(database: db.Database) -> int:
+    with database.transaction() as cur:
+        cur.execute("SELECT pg_backend_pid() AS pid")
+        pid: int = cur.fetchone()["pid"]
+        return pid
+
+
+def test_a_connection_is_reused_from_one_request_to_the_next(make_app: Callable[..., Any]) -> None:
+    """Before the fix every returned connection was closed (psycopg2 keeps only `minconn`
+    idle ones), so each request paid a new connection's handshake."""
+    app = make_app({"DATABASE_POOL_SIZE": "2"})
+    with app.app_context():
+        database = db.get_db()
+        pids = {backend_pid(database) for _ in range(20)}
+    assert len(pids) == 1, pids
+
+
+def test_the_pool_keeps_at_most_its_size_and_hands_each_thread_its_own(make_app: Callable[..., Any],
+                                                                       database_url: str) -> None:
+    app = make_app({"DATABASE_POOL_SIZE": "3"})
+    with app.app_context():
+        database = db.get_db()
+        barrier = threading.Barrier(3)
+        seen: list[int] = []
+
+        def hold() -> None:
+            with database.transaction() as cur:
+                cur.execute("SELECT pg_backend_pid() AS pid")
+                seen.append(cur.fetchone()["pid"])
+                barrier.wait(timeout=10)  # all three connections open at once
+
+        threads = [threading.Thread(target=hold) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        assert len(set(seen)) == 3, seen
+        # All three went back to the pool and are reused, no fourth is opened.
+        again = {backend_pid(database) for _ in range(10)}
+        assert again <= set(seen), (again, seen)
+        with psycopg2.connect(database_url) as admin, admin.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'paydrop'"
+                        " AND pid = ANY(%s)", (seen,))
+            assert cur.fetchone()[0] == 3
+        admin.close()
+
+
+def test_a_connection_the_server_closed_is_replaced_not_handed_out(make_app: Callable[..., Any],
+                                                                    database_url: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart or failover closes pooled connections server-side: the next request
+    must get a working connection, not an error."""
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
+    app = make_app({"DATABASE_POOL_SIZE": "2"})
+    with app.app_context():
+        database = db.get_db()
+        first = backend_pid(database)
+        with psycopg2.connect(database_url) as admin, admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (first,))
+            assert cur.fetchone()[0] is True
+        admin.close()
+        second = backend_pid(database)  # no OperationalError
+        assert second != first
+        assert backend_pid(database) == second

@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg2
 import pytest
-
 from paydrop import db
 
 

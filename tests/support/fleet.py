@@ -21,7 +21,8 @@ from tests.support import testhosts
 PROJECT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = PROJECT / "playbooks"
 SERVER_NAME = "shop.paydrop.test"
-CA_FILE = PROJECT / "build" / "molecule-production" / "tls" / "ca.crt"
+# The root of the scenario's ACME server (pebble), which issued the shop's certificate.
+CA_FILE = PROJECT / "build" / "molecule-production" / "tls" / "acme-root.crt"
 STATE_FILE = "/etc/ansible/facts.d/paydrop_release.fact"
 UPSTREAM = "/etc/nginx/conf.d/paydrop-upstream.conf"
 FIRST = "0.1.0-molecule"

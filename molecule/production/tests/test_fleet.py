@@ -1,5 +1,5 @@
 """The converged fleet: one release truth, the edge serving the real name with
-the operator's certificate, product files shared through S3, and a dry run
+a certificate certbot got from an ACME CA (and renews), product files shared through S3, and a dry run
 (--check --diff) of site.yml that changes nothing.
 
 Non-destructive: runs before the release and failure checks (test_zero_downtime.py).
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
+from typing import Any
 
 import pytest
 import urllib3
@@ -33,19 +35,48 @@ def test_the_upstream_names_every_app_host_in_the_active_colour() -> None:
     assert servers == [f"{fleet.private_address(name)}:8001" for name in fleet.APP_HOSTS]
 
 
-def test_the_shop_answers_by_its_name_with_the_operators_certificate() -> None:
-    """SNI and the certificate check name the shop; the connection goes to loopback."""
+def served_certificate() -> dict[str, Any]:
+    """The certificate lb1 serves for the shop's name, verified against the ACME server's root."""
+    with socket.create_connection(("127.0.0.1", fleet.published_https_port()), timeout=10) as raw, \
+            ssl.create_default_context(cafile=str(fleet.CA_FILE)).wrap_socket(
+                raw, server_hostname=fleet.SERVER_NAME) as tls:
+        cert: dict[str, Any] = tls.getpeercert()
+    return cert
+
+
+def test_the_shop_answers_by_its_name_with_a_certificate_from_the_acme_ca() -> None:
+    """SNI and the certificate check name the shop; the connection goes to loopback. The
+    certificate chains to the scenario's ACME server (pebble), which checked HTTP-01 on lb1."""
     pool = urllib3.HTTPSConnectionPool(
         "127.0.0.1", fleet.published_https_port(), server_hostname=fleet.SERVER_NAME,
         assert_hostname=fleet.SERVER_NAME, cert_reqs="CERT_REQUIRED", ca_certs=str(fleet.CA_FILE), retries=False)
     answer = pool.request("GET", "/", headers={"Host": fleet.SERVER_NAME})
     assert answer.status == 200
     assert "strict-transport-security" in {k.lower() for k in answer.headers}
-    with socket.create_connection(("127.0.0.1", fleet.published_https_port()), timeout=10) as raw, \
-            ssl.create_default_context(cafile=str(fleet.CA_FILE)).wrap_socket(
-                raw, server_hostname=fleet.SERVER_NAME) as tls:
-        names = [value for kind, value in tls.getpeercert()["subjectAltName"] if kind == "DNS"]
-    assert names == [fleet.SERVER_NAME]
+    cert = served_certificate()
+    assert [value for kind, value in cert["subjectAltName"] if kind == "DNS"] == [fleet.SERVER_NAME]
+    issuer = dict(pair[0] for pair in cert["issuer"])
+    assert issuer["commonName"].startswith("Pebble Intermediate CA"), issuer
+
+
+def test_certbot_renews_the_certificate_and_nginx_serves_the_new_one() -> None:
+    """nginx's files are links into certbot's lineage; certbot.timer is on and its runs trust the
+    ACME server's CA; a renewal (forced: the certificate is not due) is served at once, through
+    the deploy hook's reload."""
+    lb1 = fleet.host("lb1")
+    live = f"/etc/letsencrypt/live/{fleet.SERVER_NAME}"
+    assert lb1.check_output("readlink /etc/nginx/tls/paydrop.crt") == f"{live}/fullchain.pem"
+    assert lb1.check_output("readlink /etc/nginx/tls/paydrop.key") == f"{live}/privkey.pem"
+    assert lb1.service("certbot.timer").is_enabled and lb1.service("certbot.timer").is_running
+    environment = lb1.check_output("systemctl show -p Environment certbot.service")
+    assert "REQUESTS_CA_BUNDLE=/etc/paydrop/acme-ca.pem" in environment
+    before = served_certificate()["serialNumber"]
+    lb1.check_output(f"REQUESTS_CA_BUNDLE=/etc/paydrop/acme-ca.pem certbot renew --non-interactive "
+                     f"--force-renewal --cert-name {fleet.SERVER_NAME}")
+    deadline = time.monotonic() + 30
+    while (after := served_certificate()["serialNumber"]) == before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert after != before, "nginx still serves the certificate from before the renewal"
 
 
 def test_plain_http_redirects_to_the_shops_name() -> None:

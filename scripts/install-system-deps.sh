@@ -11,6 +11,8 @@ PACKAGES=(
   postgresql-15 postgresql-client-15 redis-server nginx-light
   # a real browser for the shop's pages
   chromium chromium-driver
+  # the production scenario's ACME server (its binary runs in a test container)
+  pebble
   # tooling (wrk: the load generator of make bench)
   make git rsync python3-venv wrk
 )

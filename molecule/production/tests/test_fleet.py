@@ -69,9 +69,9 @@ def test_certbot_renews_the_certificate_and_nginx_serves_the_new_one() -> None:
     assert lb1.check_output("readlink /etc/nginx/tls/paydrop.key") == f"{live}/privkey.pem"
     assert lb1.service("certbot.timer").is_enabled and lb1.service("certbot.timer").is_running
     environment = lb1.check_output("systemctl show -p Environment certbot.service")
-    assert "REQUESTS_CA_BUNDLE=/etc/paydrop/acme-ca.pem" in environment
+    assert "REQUESTS_CA_BUNDLE=/etc/letsencrypt/paydrop-acme-ca.pem" in environment
     before = served_certificate()["serialNumber"]
-    lb1.check_output(f"REQUESTS_CA_BUNDLE=/etc/paydrop/acme-ca.pem certbot renew --non-interactive "
+    lb1.check_output(f"REQUESTS_CA_BUNDLE=/etc/letsencrypt/paydrop-acme-ca.pem certbot renew --non-interactive "
                      f"--force-renewal --cert-name {fleet.SERVER_NAME}")
     deadline = time.monotonic() + 30
     while (after := served_certificate()["serialNumber"]) == before and time.monotonic() < deadline:

@@ -35,7 +35,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 help:
 	@echo "make demo           install what is needed, start the sandbox, deploy the stack, print the shop's URL"
 	@echo "make test           everything: lint, unit/app/browser tests, Molecule scenarios ($(SCENARIOS))"
-	@echo "make lint           ruff, mypy, yamllint, argument specs vs defaults, ansible-lint (production profile)"
+	@echo "make lint           ruff, mypy, yamllint, argument specs, ansible-lint, bandit, hadolint, the CI workflow's schema"
 	@echo "make test-unit      pytest: the app (real PostgreSQL, Redis, localstripe, Chromium) and the collection"
 	@echo "make test-molecule  Molecule scenarios: $(SCENARIOS)"
 	@echo "make hosts          build the offline Docker test-host images (reused when present)"
@@ -63,6 +63,10 @@ lint: venv
 	$(BIN)/yamllint -s .
 	$(BIN)/python scripts/check_argument_specs.py
 	$(BIN)/ansible-lint --profile production
+	$(BIN)/bandit -q -r app/paydrop --severity-level medium
+	$(BIN)/hadolint app/Dockerfile
+	$(BIN)/check-jsonschema -q --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/check-jsonschema -q --builtin-schema vendor.github-actions .github/actions/*/action.yml
 
 test-unit: venv
 	$(BIN)/pytest tests --junitxml=$(JUNIT)/pytest.xml

@@ -338,9 +338,12 @@ def test_static_files_come_from_nginxs_cache_for_both_releases_across_a_switch(
         assert (answer.status, answer.log["cache"], answer.log["upstream_addr"]) in {
             (200, "HIT", ""), (200, "HIT", "-")}, answer.log
         assert answer.body == first.body
+    unknown = "/static/css/shop.0000000000.css"
+    assert through_the_edge(host, unknown).status == 404  # green stopped: still a 404
 
     other = f"/static/css/shop.{uuid.uuid4().hex[:10]}.css"
     with other_release_on_green(host, other):
+        assert through_the_edge(host, unknown).status == 404  # neither colour knows it
         # Blue active: blue does not know the name, green (the other release) does.
         before = through_the_edge(host, other, cookie)
         assert (before.status, before.body, before.log["cache"]) == (200, STANDIN_BODY, "MISS"), before

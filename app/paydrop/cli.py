@@ -14,7 +14,7 @@ import os
 import click
 from flask.cli import FlaskGroup
 
-from . import create_app, settings, static_files
+from . import create_app, settings
 
 
 class PaydropGroup(FlaskGroup):
@@ -36,10 +36,6 @@ cli = PaydropGroup(
     set_debug_flag=False,
     help="Paydrop management commands.",
 )
-
-
-# Needs no app and no settings: run in a container of a release to hand nginx its files.
-cli.add_command(static_files.static_cli)
 
 
 def main() -> None:

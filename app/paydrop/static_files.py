@@ -5,20 +5,18 @@
 does, so a new release never meets a stale copy in a browser or a CDN, and the
 old release's files keep their own names during a blue-green switch.
 
-In production nginx serves ``/static/`` from a directory the app role fills
-with ``paydrop static export DIR`` from each release's image (files are only
-ever added: names carry their content hash, so releases never overwrite each
-other). Without nginx (development, tests) the app serves the same URLs.
+The app serves these URLs itself; in production nginx caches each file on the
+load balancer the first time it is asked for, and serves it from there from
+then on, every release's names side by side (roles/nginx/README.md, "Static
+files").
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
-import click
 from flask import Flask, abort, send_from_directory
 from werkzeug.wrappers import Response
 
@@ -61,29 +59,3 @@ def init_app(app: Flask) -> None:
 
     app.url_defaults(hashed_url)
     app.add_url_rule("/static/<path:filename>", endpoint="static", view_func=static)
-
-
-@click.group("static")
-def static_cli() -> None:
-    """This release's static files (for nginx)."""
-
-
-@static_cli.command("export")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def export(directory: Path) -> None:
-    """Copy the static files into DIRECTORY under their hashed names (adds, never overwrites).
-
-    Needs no configuration: the app role runs it in a container of each new release.
-    """
-    copied = 0
-    for original, hashed in manifest(STATIC_DIR).items():
-        target = directory / hashed
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        shutil.copyfile(STATIC_DIR / original, partial)
-        partial.chmod(0o644)
-        partial.replace(target)
-        copied += 1
-    click.echo(f"{copied} file(s) exported to {directory}")

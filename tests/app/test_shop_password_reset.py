@@ -69,6 +69,36 @@ def test_a_reset_link_changes_the_password_once(mail_app, smtp):
     assert _login(app.test_client(), password=NEW_PASSWORD).status_code == 302
 
 
+def test_a_reset_logs_out_every_session_that_logged_in_before_it(mail_app, smtp):
+    """A thief who logged in with the stolen password loses the session when the
+    owner resets it; the owner's new session, and other accounts', carry on."""
+    app = mail_app
+    _register(app.test_client())
+    _register(app.test_client(), email="bystander@example.com")
+    smtp.wait_for(2)
+    thief, owner, bystander = app.test_client(), app.test_client(), app.test_client()
+    assert _login(thief).status_code == 302
+    assert _login(bystander, email="bystander@example.com").status_code == 302
+    assert thief.get("/account/orders").status_code == 200
+
+    _form(owner, "/account/password/forgot", email="reader@example.com")
+    link = _reset_link(smtp, 3)
+    assert _form(owner, link, password=NEW_PASSWORD,
+                 password_confirm=NEW_PASSWORD).status_code == 302
+
+    response = thief.get("/account/orders")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/account/login")
+    assert "Log out" not in thief.get("/").get_data(as_text=True)
+    assert thief.get("/account/orders").status_code == 302  # stays logged out
+    for _ in range(2):  # the resetting session is logged in, and stays so
+        assert owner.get("/account/orders").status_code == 200
+    assert bystander.get("/account/orders").status_code == 200
+    assert _login(thief, password=PASSWORD).status_code == 401
+    assert _login(thief, password=NEW_PASSWORD).status_code == 302
+    assert thief.get("/account/orders").status_code == 200
+
+
 def test_unknown_addresses_get_the_same_answer_and_no_mail(mail_app, smtp):
     app = mail_app
     _register(app.test_client())

@@ -1,12 +1,9 @@
-"""Static files: content-hashed URLs with a year of caching, and an export for nginx."""
+"""Static files: content-hashed URLs with a year of caching."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from paydrop import static_files
@@ -36,19 +33,3 @@ def test_a_changed_file_gets_a_new_url(tmp_path):
     (tmp_path / "js" / "checkout.js").write_text("two")
     after = static_files.manifest(tmp_path)["js/checkout.js"]
     assert before != after and before.startswith("js/checkout.") and after.endswith(".js")
-
-
-def test_export_for_nginx_needs_no_settings_and_only_adds(tmp_path):
-    out = tmp_path / "static"
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    paydrop = Path(sys.executable).with_name("paydrop")
-    command = [str(paydrop), "static", "export", str(out)]
-    first = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    assert first.returncode == 0, first.stderr
-    expected = static_files.manifest()
-    for original, hashed in expected.items():
-        assert (out / hashed).read_bytes() == (static_files.STATIC_DIR / original).read_bytes()
-    (out / "css" / "shop.0123456789.css").write_text("an older release's file")
-    second = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    assert "0 file(s) exported" in second.stdout
-    assert (out / "css" / "shop.0123456789.css").exists()

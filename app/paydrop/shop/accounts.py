@@ -11,6 +11,13 @@ account's current password hash, so it stops working once used (the hash
 changes) or when the password changes otherwise. The request page answers the
 same whether or not the address has an account, and is throttled per IP and
 per address. Following a reset link proves the address, so it also verifies it.
+
+Sessions are bound to the password too: a logged-in session holds a digest of
+the password hash it logged in with, checked against the account on each
+request that asks who is logged in. So a password reset (or any other change
+of the hash) logs out every other session of the account, e.g. the one a
+thief opened with the old password; the session that reset it is logged in
+anew with the new hash.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import psycopg2
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
@@ -88,14 +96,34 @@ def normalise_email(value: object) -> str | None:
 
 
 def current_user() -> CurrentUser | None:
-    user: CurrentUser | None = g.get("user")
+    """Who is logged in, checked once per request against the account's password."""
+    if "user" not in g:
+        g.user = _session_user()
+    user: CurrentUser | None = g.user
     return user
 
 
-@bp.before_app_request
-def _load_user() -> None:
+def _session_user() -> CurrentUser | None:
     user_id, email = session.get("user_id"), session.get("user_email")
-    g.user = CurrentUser(user_id, email) if user_id and email else None
+    if not user_id or not email:
+        return None
+    try:
+        with get_db().transaction() as cur:
+            user = users.get(cur, user_id)
+    except psycopg2.Error as exc:
+        # Not logged in for this request (fail closed), but not logged out
+        # either: an error page still renders while the database is away.
+        log.warning("could not check the session of user %s: %s", user_id, exc)
+        return None
+    if user is None or not hmac.compare_digest(str(session.get("password")),
+                                               _session_fingerprint(user)):
+        # The password changed since this session logged in (or the account
+        # is gone): log it out, keeping nothing of the old identity.
+        log.info("session of user %s ended: password changed since it logged in", user_id)
+        session.clear()
+        sessions.rotate()
+        return None
+    return CurrentUser(user.id, user.email)
 
 
 def login_required(view: F) -> F:
@@ -133,8 +161,10 @@ def _log_in(user: users.User) -> None:
     sessions.rotate()
     session["user_id"] = user.id
     session["user_email"] = user.email
+    session["password"] = _session_fingerprint(user)
     session["orders"] = orders_seen
     session.permanent = True
+    g.user = CurrentUser(user.id, user.email)
 
 
 def _verification_link(user: users.User) -> str:
@@ -207,7 +237,8 @@ def login() -> Response | str | tuple[str, int]:
             if not _password_matches(user, password):
                 user = None
             elif user is not None and _hasher.check_needs_rehash(user.password_hash):
-                users.set_password_hash(cur, user.id, _hasher.hash(password))
+                user = replace(user, password_hash=_hasher.hash(password))
+                users.set_password_hash(cur, user.id, user.password_hash)
     if user is None:
         if email:
             ratelimit.hit("login-failures", ("account", email))
@@ -232,6 +263,7 @@ def _password_matches(user: users.User | None, password: str) -> bool:
 def logout() -> Response:
     session.clear()
     sessions.rotate()
+    g.user = None
     return redirect(url_for("catalog.index"))
 
 
@@ -274,6 +306,12 @@ def _password_fingerprint(user: users.User) -> str:
     # Binds a reset token to the password it replaces (single use, and void
     # once the password changes); a digest, so the hash never sits in a URL.
     return hashlib.sha256(user.password_hash.encode()).hexdigest()[:32]
+
+
+def _session_fingerprint(user: users.User) -> str:
+    # Binds a session to the password it logged in with. Another digest than
+    # the reset link's: what a mailed link shows says nothing about sessions.
+    return hashlib.sha256(b"paydrop.session\0" + user.password_hash.encode()).hexdigest()[:32]
 
 
 def _reset_link(user: users.User) -> str:
@@ -342,15 +380,16 @@ def reset_password(token: str) -> Response | str | tuple[str, int]:
         errors.append("The two passwords do not match.")
     if errors:
         return render_template("accounts/reset.html", token=token, errors=errors), 400
+    new_hash = _hasher.hash(password)
     with get_db().transaction() as cur:
         # Guarded by the old hash: of two concurrent uses of one link, one wins.
-        if not users.replace_password_hash(cur, user.id, user.password_hash,
-                                           _hasher.hash(password)):
+        # Every session logged in with the old hash is logged out by it.
+        if not users.replace_password_hash(cur, user.id, user.password_hash, new_hash):
             abort(410, "This password reset link was already used.")
         users.mark_email_verified(cur, user.id, user.email)
         attached = orders.attach_guest_orders(cur, user.email, user.id)
     log.info("user %s reset their password; %d guest orders attached", user.id, attached)
-    _log_in(user)
+    _log_in(replace(user, password_hash=new_hash))
     flash("Your password is changed and you are logged in.")
     return redirect(url_for("accounts.my_orders"))
 

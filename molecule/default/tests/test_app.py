@@ -8,10 +8,15 @@ inventory (molecule/default/entry_points.yml).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import shlex
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -46,7 +51,8 @@ SECRET_SETTINGS = [
     "SECRET_KEY", "DATABASE_URL", "DATABASE_REPLICA_URL", "REDIS_URL", "STRIPE_SECRET_KEY",
     "STRIPE_WEBHOOK_SECRET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "SMTP_PASSWORD",
 ]
-ENTRY_POINTS = Path(__file__).resolve().parent.parent / "entry_points.yml"
+SCENARIO_DIR = Path(__file__).resolve().parent.parent
+ENTRY_POINTS = SCENARIO_DIR / "entry_points.yml"
 
 
 def inspect(host: testinfra.host.Host, container: str) -> dict[str, Any]:
@@ -235,6 +241,143 @@ def test_a_file_the_app_stored_is_handed_to_nginx_and_served_by_it(host: testinf
                  f"DELETE FROM products WHERE slug = '{slug}'")
         if stored:
             host.run(f"rm -f {stored}")
+
+
+STATIC_CACHE = "/var/cache/nginx/paydrop-static"
+LONG_CACHE = "public, max-age=31536000, immutable"
+STANDIN_BODY = "/* the other release's stylesheet */"
+STATIC_STANDIN = r'''
+import http.server, sys
+bind, port, names = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        # A cookie reaching the app for a static file would be a leak: not found then.
+        known = self.path in names and "Cookie" not in self.headers
+        body = b"/* the other release's stylesheet */\n" if known else b""
+        self.send_response(200 if known else 404)
+        if known:
+            self.send_header("Cache-Control", "public, max-age=31536000, immutable")
+        self.send_header("Content-Type", "text/css")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((bind, port), Handler).serve_forever()
+'''
+
+
+@dataclass
+class EdgeAnswer:
+    status: int
+    headers: dict[str, str]
+    body: str
+    log: dict[str, Any]  # the request's line in nginx's access log
+
+
+def through_the_edge(host: testinfra.host.Host, path: str, *headers: str) -> EdgeAnswer:
+    """GET through the load balancer (from inside the host), with its access-log line."""
+    request_id = f"static-probe-{uuid.uuid4().hex}"
+    argv = ["curl", "-sS", "-k", "-i", "--max-time", "15", "--resolve", f"{SERVER_NAME}:443:127.0.0.1",
+            "-H", f"X-Request-ID: {request_id}"]
+    for header in headers:
+        argv += ["-H", header]
+    argv.append(f"https://{SERVER_NAME}{path}")
+    out = host.check_output(" ".join(shlex.quote(arg) for arg in argv))
+    head, _, body = out.replace("\r\n", "\n").partition("\n\n")
+    answer_headers = {k.strip().lower(): v.strip()
+                      for k, _, v in (line.partition(":") for line in head.splitlines()[1:])}
+    line = host.check_output("grep -F %s /var/log/nginx/access.log", f'"request_id":"{request_id}"')
+    return EdgeAnswer(int(head.split()[1]), answer_headers, body, json.loads(line))
+
+
+@contextmanager
+def other_release_on_green(host: testinfra.host.Host, names: list[str]) -> Iterator[None]:
+    """A stand-in for another release in the green slot: it knows the static files `names`."""
+    assert not scenario.listener_pids(host, GREEN), "the green slot port is taken"
+    script = "/tmp/paydrop-static-standin.py"  # noqa: S108 - inside the throwaway test host
+    host.check_output(f"echo {base64.b64encode(STATIC_STANDIN.encode()).decode()} | base64 -d > {script}")
+    unit = "paydrop-static-standin"
+    host.run("systemctl reset-failed %s", unit)
+    host.check_output("systemd-run --unit %s python3 %s %s %s %s",
+                      unit, script, private_address(host), str(GREEN), ",".join(names))
+    try:
+        scenario.wait_for_unit_listening(host, unit, GREEN)
+        yield
+    finally:
+        host.run("systemctl stop %s", unit)
+
+
+def cache_file(path: str) -> str:
+    """Where nginx keeps `path` (proxy_cache_key $uri, levels=1:2)."""
+    digest = hashlib.md5(path.encode()).hexdigest()  # noqa: S324 - nginx's cache file name
+    return f"{STATIC_CACHE}/{digest[-1]}/{digest[-3:-1]}/{digest}"
+
+
+def switch_to(color: str) -> None:
+    run = scenario.playbook(SCENARIO_DIR / "edge-switch.yml", "-e", f"nginx_switch_color={color}", timeout=600)
+    assert run.returncode == 0, scenario.output(run)[-3000:]
+
+
+def test_static_files_come_from_nginxs_cache_for_both_releases_across_a_switch(
+        host: testinfra.host.Host) -> None:
+    """/static/ through the load balancer: the app serves each content-hashed file once and
+    nginx's cache from then on, with a year of immutable caching and no cookie either way;
+    a name only the other colour knows (another release's page, open across a switch or a
+    rollback) is fetched from that colour, before and after switching, and stays cached."""
+    names = json.loads(host.check_output(
+        "docker exec paydrop-blue python -c %s",
+        "import json; from paydrop import static_files; print(json.dumps(static_files.manifest()))"))
+    css, js = f"/static/{names['css/shop.css']}", f"/static/{names['js/checkout.js']}"
+    # What earlier runs cached is forgotten: each name's first fetch below is a miss.
+    host.check_output(f"find {STATIC_CACHE} -type f -delete")
+
+    cookie = "Cookie: paydrop_session=a-shoppers-session"
+    first, *again = [through_the_edge(host, css, cookie) for _ in range(3)]
+    assert (first.status, first.log["cache"]) == (200, "MISS"), first.log
+    assert first.body == get(host, BLUE, css)[2]
+    for answer in (first, *again):
+        assert answer.headers["cache-control"] == LONG_CACHE
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert "set-cookie" not in answer.headers
+    for answer in again:  # from nginx's cache; gunicorn is not asked
+        assert (answer.status, answer.log["cache"], answer.log["upstream_addr"]) in {
+            (200, "HIT", ""), (200, "HIT", "-")}, answer.log
+        assert answer.body == first.body
+    unknown = "/static/css/shop.0000000000.css"
+    assert through_the_edge(host, unknown).status == 404  # green stopped: still a 404
+
+    # nginx takes turns between the colours: of several names, some are asked of the colour
+    # that does not know them first (upstream_status "404, 200"), and must still be found.
+    others = [f"/static/css/shop.{uuid.uuid4().hex[:10]}.css" for _ in range(6)]
+    with other_release_on_green(host, others):
+        assert through_the_edge(host, unknown).status == 404  # neither colour knows it
+        # Blue active: blue does not know these names, green (the other release) does.
+        before = [through_the_edge(host, other, cookie) for other in others]
+        for answer in before:
+            assert (answer.status, answer.body, answer.log["cache"]) == (200, STANDIN_BODY, "MISS"), answer
+            assert answer.log["upstream_addr"].endswith(f":{GREEN}"), answer.log
+        assert "404, 200" in {answer.log["upstream_status"] for answer in before}, [a.log for a in before]
+        switch_to("green")
+        try:
+            # Green active: a name of blue's release, not in the cache, comes from blue.
+            old = []
+            for _ in range(4):
+                host.check_output("rm -f %s", cache_file(js))
+                old.append(through_the_edge(host, js))
+            for answer in old:
+                assert (answer.status, answer.log["cache"]) == (200, "MISS"), answer.log
+                assert answer.body == get(host, BLUE, js)[2]
+                assert answer.log["upstream_addr"].endswith(f":{BLUE}"), answer.log
+            assert "404, 200" in {answer.log["upstream_status"] for answer in old}, [a.log for a in old]
+            assert {through_the_edge(host, other).log["cache"] for other in others} == {"HIT"}
+        finally:
+            switch_to("blue")
+    # Rolled back, with the other release gone: its files are still served from the cache.
+    for other in others:
+        after = through_the_edge(host, other)
+        assert (after.status, after.body, after.log["cache"]) == (200, STANDIN_BODY, "HIT"), after.log
 
 
 # --- what the app answers ----------------------------------------------------------------------

@@ -412,6 +412,98 @@ def test_login_posts_are_rate_limited(host: testinfra.host.Host) -> None:
         assert answer.header(name) == value
 
 
+KEY_PROBE = "/tmp/paydrop-key-probe"  # noqa: S108 - inside the throwaway test host
+KEY_PROBE_PORTS = (18180, 18181)
+
+
+def deployed_rate_limits(host: testinfra.host.Host) -> str:
+    """The deployed site's rate-limit section: client key, exemptions, zones."""
+    conf = host.file(SITE_CONF).content_string
+    start = conf.index("# --- Rate limits per client")
+    return conf[start:conf.index("limit_req_status", start)]
+
+
+@contextmanager
+def key_probe(host: testinfra.host.Host, exempt: str) -> Iterator[None]:
+    """A second nginx on staging1 built from the deployed rate-limit section, in front of a
+    stub, that takes the client's address from X-Real-IP: the edge's own clients here are
+    IPv4 only (the test host has no IPv6), so this is how an IPv6 client is played.
+    `exempt` joins the deployed nginx_rate_limit_exempt networks."""
+    section, added = re.subn(r"(geo \$paydrop_rate_limited \{\n\s*default 1;\n)", rf"\g<1>    {exempt} 0;\n",
+                             deployed_rate_limits(host))
+    assert added == 1, "the exemption list is the geo $paydrop_rate_limited"
+    front, back = KEY_PROBE_PORTS
+    conf = f"""daemon off;
+master_process off;
+pid {KEY_PROBE}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {KEY_PROBE}/body;
+    proxy_temp_path {KEY_PROBE}/proxy;
+{section}
+    limit_req_status 429;
+    server {{
+        listen 127.0.0.1:{front};
+        set_real_ip_from 127.0.0.1;
+        real_ip_header X-Real-IP;
+        location = /account/login {{
+            limit_req zone=paydrop_login burst={LOGIN_BURST} nodelay;
+            proxy_pass http://127.0.0.1:{back};
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{back};
+        return 200;
+    }}
+}}
+"""
+    encoded = base64.b64encode(conf.encode()).decode()
+    host.check_output(f"mkdir -p {KEY_PROBE} && echo {encoded} | base64 -d > {KEY_PROBE}/nginx.conf")
+    unit = "paydrop-key-probe"
+    host.run("systemctl reset-failed %s", unit)
+    host.check_output("systemd-run --unit %s nginx -p %s -c %s/nginx.conf -e %s/error.log",
+                      unit, KEY_PROBE, KEY_PROBE, KEY_PROBE)
+    try:
+        scenario.wait_for_unit_listening(host, unit, front)
+        yield
+    finally:
+        host.run("systemctl stop %s", unit)
+        host.run("rm -rf %s", KEY_PROBE)
+
+
+def login_posts_from(host: testinfra.host.Host, *clients: str) -> list[str]:
+    """One log-in POST per client address, in order, through the key probe; the statuses."""
+    curl = (f"curl -s -o /dev/null -w '%{{http_code}}\\n' -X POST -d x=1 "
+            f"http://127.0.0.1:{KEY_PROBE_PORTS[0]}/account/login -H")
+    script = "; ".join(f"{curl} 'X-Real-IP: {client}'" for client in clients)
+    return host.check_output(script).split()
+
+
+def test_an_ipv6_client_is_limited_per_64(host: testinfra.host.Host) -> None:
+    """The deployed zones count an IPv6 /64 as one client (another address in it, written any
+    way, meets the same limit; the next /64 does not), IPv4 per address, and the operator's
+    exemptions still exempt."""
+    burst = LOGIN_BURST + 1
+    with key_probe(host, exempt="2001:db8:e::/64"):
+        # One script each, so no token refills (one per 6 s) between the posts compared.
+        statuses = login_posts_from(
+            host, *["2001:db8:1:2::1"] * burst,
+            "2001:db8:1:2::2", "2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:0DB8:0001:0002:0:0:0:a",
+            "2001:db8:1:3::1", "2001:db8:1::1", "2001:db8:1:2:3::", "2001:db8::1:2:3:4:5")
+        assert statuses[:burst] == ["200"] * burst, statuses
+        assert statuses[burst:burst + 3] == ["429"] * 3, statuses  # the same /64
+        assert statuses[burst + 3:burst + 5] == ["200"] * 2, statuses  # other /64s
+        assert statuses[burst + 5] == "429", statuses  # 2001:db8:1:2:3:: is in it too
+        assert statuses[burst + 6] == "200", statuses  # 2001:db8:0:1::/64
+
+        ipv4 = login_posts_from(host, *["192.0.2.7"] * burst, "192.0.2.7", "192.0.2.8")
+        assert ipv4 == ["200"] * burst + ["429", "200"], ipv4
+
+        exempt = login_posts_from(host, *["2001:db8:e::5"] * burst, "2001:db8:e:0:ffff::9")
+        assert exempt == ["200"] * (burst + 1), exempt
+
+
 def test_download_tokens_and_query_strings_never_reach_the_logs(
     host: testinfra.host.Host, edge: Edge
 ) -> None:

@@ -50,6 +50,8 @@ class Load:
     max_requests: int = 40000
     timeout: float = 10.0
     outcomes: list[Outcome] = field(default_factory=list)
+    # GETs resent once after a kept-alive connection closed without an answer.
+    resent: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -90,6 +92,7 @@ class Load:
 
     def _run(self, index: int) -> None:
         pool = self._pool()
+        reused = False
         interval = self.threads / self.rate
         sent = 0
         next_at = time.monotonic() + index * interval / self.threads
@@ -100,8 +103,24 @@ class Load:
             sent += 1
             at = self.elapsed()
             try:
-                response = pool.request("GET", path, headers={"Host": self.server_name}, redirect=False,
-                                        preload_content=True)
+                try:
+                    response = pool.request("GET", path, headers={"Host": self.server_name}, redirect=False,
+                                            preload_content=True)
+                except urllib3.exceptions.ProtocolError:
+                    # HTTP keep-alive's race: the server closed an idle kept-alive connection
+                    # (nginx's old workers do after a reload) as this request went out, and no
+                    # answer came. Browsers resend such a GET once on a new connection; so do we,
+                    # and count it. A server that is really down fails the resend too.
+                    if not reused:
+                        raise
+                    pool.close()
+                    pool = self._pool()
+                    reused = False
+                    with self._lock:
+                        self.resent += 1
+                    response = pool.request("GET", path, headers={"Host": self.server_name}, redirect=False,
+                                            preload_content=True)
+                reused = True
                 version = ""
                 if path == READY_PATH and response.status == 200:
                     version = str(response.json().get("version", ""))
@@ -110,6 +129,7 @@ class Load:
                 outcome = Outcome(at, path, 0, error=f"{type(error).__name__}: {error}")
                 pool.close()
                 pool = self._pool()
+                reused = False
             with self._lock:
                 self.outcomes.append(outcome)
             next_at += interval
@@ -146,4 +166,5 @@ class Load:
         seconds = max(self.elapsed(), 0.001)
         return (f"{len(outcomes)} requests in {seconds:.0f} s ({len(outcomes) / seconds:.0f}/s); "
                 f"status {dict(sorted(by_status.items()))}; connection errors {dict(errors)}; "
+                f"resent after a closed keep-alive connection {self.resent}; "
                 f"releases seen {self.versions()}")

@@ -90,6 +90,9 @@ class Load:
             cert_reqs="CERT_REQUIRED", ca_certs=self.ca_file,
             timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout), retries=False)
 
+    def _get(self, pool: urllib3.HTTPSConnectionPool, path: str) -> Any:
+        return pool.request("GET", path, headers={"Host": self.server_name}, redirect=False, preload_content=True)
+
     def _run(self, index: int) -> None:
         pool = self._pool()
         reused = False
@@ -104,8 +107,7 @@ class Load:
             at = self.elapsed()
             try:
                 try:
-                    response = pool.request("GET", path, headers={"Host": self.server_name}, redirect=False,
-                                            preload_content=True)
+                    response = self._get(pool, path)
                 except urllib3.exceptions.ProtocolError:
                     # HTTP keep-alive's race: the server closed an idle kept-alive connection
                     # (nginx's old workers do after a reload) as this request went out, and no
@@ -118,8 +120,7 @@ class Load:
                     reused = False
                     with self._lock:
                         self.resent += 1
-                    response = pool.request("GET", path, headers={"Host": self.server_name}, redirect=False,
-                                            preload_content=True)
+                    response = self._get(pool, path)
                 reused = True
                 version = ""
                 if path == READY_PATH and response.status == 200:

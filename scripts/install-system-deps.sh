@@ -11,6 +11,8 @@ PACKAGES=(
   postgresql-15 postgresql-client-15 redis-server nginx-light
   # a real browser for the shop's pages
   chromium chromium-driver
+  # promtool and amtool: the alert rules' unit tests and config checks (tests/collection)
+  prometheus prometheus-alertmanager
   # tooling (wrk: the load generator of make bench)
   make git rsync python3-venv wrk
 )

@@ -13,6 +13,8 @@ PACKAGES=(
   chromium chromium-driver
   # the production scenario's ACME server (its binary runs in a test container)
   pebble
+  # promtool and amtool: the alert rules' unit tests and config checks (tests/collection)
+  prometheus prometheus-alertmanager
   # tooling (wrk: the load generator of make bench)
   make git rsync python3-venv wrk
 )

@@ -99,9 +99,10 @@ def test_firewall_opens_only_declared_ports(host: testinfra.host.Host) -> None:
     # SSH; nginx's 80 and 443 (from anywhere); PostgreSQL and Redis, declared
     # by their roles for the app and monitoring groups, and the app's slots for
     # the lb and monitoring groups (staging1 itself on the all-in-one); and the
+    # exporters for the monitoring group (node 9100, nginx 9113); and the
     # test-only extra rules of molecule/default/host_vars: 5433 names a group
     # without hosts (db_replica), so it stays closed.
-    assert accepted_input_ports(host) == {22, 80, 443, 5432, 6379, 8001, 8002, 8098, 9100}
+    assert accepted_input_ports(host) == {22, 80, 443, 5432, 6379, 8001, 8002, 8098, 9100, 9109, 9113}
 
 
 def test_every_public_listener_is_declared(host: testinfra.host.Host) -> None:
@@ -116,7 +117,7 @@ def test_every_public_listener_is_declared(host: testinfra.host.Host) -> None:
 
 def test_group_sources_resolve_to_private_addresses(host: testinfra.host.Host) -> None:
     rules = host.file("/etc/nftables.d/local.nft").content_string
-    assert f"tcp dport 9100 ip saddr {{ {private_address(host)} }} accept" in rules
+    assert f"tcp dport 9109 ip saddr {{ {private_address(host)} }} accept" in rules
     assert "tcp dport 5433" not in rules
 
 
@@ -142,7 +143,7 @@ def test_declared_port_admits_its_sources(host: testinfra.host.Host) -> None:
 
 
 def test_port_for_a_group_admits_no_one_else(host: testinfra.host.Host) -> None:
-    with listener(host, 9100) as port:
+    with listener(host, 9109) as port:
         assert host.run("curl -fsS -o /dev/null http://127.0.0.1:%s/", str(port)).rc == 0
         assert not can_connect(private_address(host), port)
 

@@ -164,9 +164,10 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
-def readme_playbook(command: list[str], **versions: str) -> subprocess.CompletedProcess[str]:
-    """Run one README command (from readme_commands) with its example versions replaced."""
+def readme_playbook(command: list[str], *extra: str, **versions: str) -> subprocess.CompletedProcess[str]:
+    """Run one README command (from readme_commands) with its example versions replaced and
+    `extra` arguments appended."""
     args = [versions.get(arg, arg) for arg in command]
     playbook_path = Path(args[0])
     assert playbook_path.parts[0] == "playbooks", args
-    return playbook(playbook_path.name, *args[1:])
+    return playbook(playbook_path.name, *args[1:], *extra)

@@ -23,8 +23,10 @@ Destructive (releases, stops app2's slot): runs after the other modules
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -50,6 +52,42 @@ def paths() -> list[str]:
 def releases() -> None:
     fleet.build_release(NEXT)
     fleet.build_release(BROKEN_ON_APP2, broken_on=("app2",))
+
+
+class Notices:
+    """A Slack-compatible webhook receiver on the control node (deploy.yml posts from there)."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, str]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # the server binds its own port
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/deploys"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def arg(self) -> str:
+        return f"deploy_notify_webhook_url={self.url}"
+
+    def texts(self) -> list[str]:
+        return [notice["text"] for notice in self.received]
+
+
+@pytest.fixture(scope="module")
+def notices() -> Iterator[Notices]:
+    receiver = Notices()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
 
 
 def load(paths: list[str]) -> Load:
@@ -79,8 +117,8 @@ def assert_switched(load: Load, old: str, new: str, done: float) -> None:
 SITE, DEPLOY, ROLLBACK, ROLLBACK_TO = fleet.readme_commands()
 
 
-def test_deploy_under_load_switches_without_a_failed_request(under_load: Load) -> None:
-    result = fleet.readme_playbook(DEPLOY, **{"app_version=1.4.0": f"app_version={NEXT}"})
+def test_deploy_under_load_switches_without_a_failed_request(under_load: Load, notices: Notices) -> None:
+    result = fleet.readme_playbook(DEPLOY, "-e", notices.arg(), **{"app_version=1.4.0": f"app_version={NEXT}"})
     assert result.returncode == 0, fleet.output(result)
     switched = under_load.elapsed()
     time.sleep(2)
@@ -91,10 +129,15 @@ def test_deploy_under_load_switches_without_a_failed_request(under_load: Load) -
     assert fleet.active_color() == "green"
     # Migrations run once for the fleet, not once per app host.
     assert len(fleet.task_hosts(result, "Apply the release's database migrations")) == 1
+    # One notice, and the webhook's address (a credential) is not in the output.
+    assert len(notices.texts()) == 1, notices.texts()
+    assert f"deployed {fleet.FIRST} → {NEXT} on inventory: succeeded after " in notices.texts()[0]
+    assert notices.url not in result.stdout + result.stderr
 
 
-def test_rollback_under_load_switches_back_and_a_retry_changes_nothing(under_load: Load) -> None:
-    result = fleet.readme_playbook(ROLLBACK)
+def test_rollback_under_load_switches_back_and_a_retry_changes_nothing(under_load: Load, notices: Notices) -> None:
+    notices.received.clear()
+    result = fleet.readme_playbook(ROLLBACK, "-e", notices.arg())
     assert result.returncode == 0, fleet.output(result)
     switched = under_load.elapsed()
     time.sleep(2)
@@ -105,8 +148,12 @@ def test_rollback_under_load_switches_back_and_a_retry_changes_nothing(under_loa
                 "rolled_back_from": NEXT}
     assert [fleet.state(name) for name in fleet.APP_HOSTS] == [expected, expected]
 
-    again = fleet.readme_playbook(ROLLBACK)
+    assert len(notices.texts()) == 1 and f"rolled back {NEXT} → {fleet.FIRST} on inventory: succeeded" \
+        in notices.texts()[0], notices.texts()
+
+    again = fleet.readme_playbook(ROLLBACK, "-e", notices.arg())
     assert again.returncode == 0, fleet.output(again)
+    assert len(notices.texts()) == 1, "a rollback that changed nothing sent a notice"
     assert "Nothing to roll back" in fleet.output(again)
     assert all(c["changed"] == 0 for c in fleet.recap(again).values()), fleet.changed_tasks(again)
     assert fleet.active_color() == "blue"
@@ -132,11 +179,13 @@ def test_the_readmes_site_yml_after_the_rollback_keeps_it_and_changes_nothing() 
     assert [fleet.state(name)["active"] for name in fleet.APP_HOSTS] == ["blue", "blue"]
 
 
-def test_a_release_unready_on_app2_only_never_switches(under_load: Load) -> None:
+def test_a_release_unready_on_app2_only_never_switches(under_load: Load, notices: Notices) -> None:
     before = fleet.host("lb1").file(fleet.UPSTREAM).content_string
     states = [fleet.state(name) for name in fleet.APP_HOSTS]
+    notices.received.clear()
 
-    result = fleet.playbook("deploy.yml", "-e", f"app_version={BROKEN_ON_APP2}", "-e", "app_ready_timeout=20")
+    result = fleet.playbook("deploy.yml", "-e", f"app_version={BROKEN_ON_APP2}", "-e", "app_ready_timeout=20",
+                            "-e", notices.arg())
     assert result.returncode != 0
     text = fleet.output(result, tail=50000)
     assert f"app2: paydrop-green (release {BROKEN_ON_APP2}) did not answer 200" in text
@@ -147,6 +196,9 @@ def test_a_release_unready_on_app2_only_never_switches(under_load: Load) -> None
     assert "Point the upstream at the new colour" not in result.stdout
     assert under_load.failures() == []
     assert under_load.versions() == [fleet.FIRST]
+    assert len(notices.texts()) == 1, notices.texts()
+    assert f"deployed {fleet.FIRST} → {BROKEN_ON_APP2} on inventory: FAILED on app2 before the switch" \
+        in notices.texts()[0]
 
 
 BLOCK = "paydrop-test-lb-blocked"
@@ -169,7 +221,7 @@ def unblock_lb() -> None:
                 app.check_output(f"nft delete rule inet paydrop input handle {line.rsplit('handle', 1)[1].strip()}")
 
 
-def test_a_release_the_load_balancer_cannot_reach_is_switched_back() -> None:
+def test_a_release_the_load_balancer_cannot_reach_is_switched_back(notices: Notices) -> None:
     """Every new slot is ready on its own host, but lb1 cannot reach them: the switch happens,
     the check through the load balancer fails, and deploy.yml switches back by itself."""
     before = fleet.host("lb1").file(fleet.UPSTREAM).content_string
@@ -177,7 +229,9 @@ def test_a_release_the_load_balancer_cannot_reach_is_switched_back() -> None:
     assert fleet.active_color() == "blue"
     block_lb_to(8002)  # green
     try:
-        result = fleet.playbook("deploy.yml", "-e", f"app_version={NEXT}", "-e", "deploy_verify_retries=3")
+        notices.received.clear()
+        result = fleet.playbook("deploy.yml", "-e", f"app_version={NEXT}", "-e", "deploy_verify_retries=3",
+                                "-e", notices.arg())
         lb_after = fleet.host("lb1").file(fleet.UPSTREAM).content_string
         color_after = fleet.active_color()
     finally:
@@ -188,6 +242,8 @@ def test_a_release_the_load_balancer_cannot_reach_is_switched_back() -> None:
     assert "Point the upstream at the new colour" in result.stdout, text
     assert f"{NEXT} did not answer through the load balancer; switched back to blue ({fleet.FIRST})" in text
     assert lb_after == before and color_after == "blue"
+    assert len(notices.texts()) == 1 and f"deployed {fleet.FIRST} → {NEXT} on inventory: FAILED: it did not answer " \
+        f"through the load balancer, which was switched back to {fleet.FIRST}" in notices.texts()[0], notices.texts()
     assert [fleet.state(name) for name in fleet.APP_HOSTS] == states
     # The new slots were left running for inspection; the shop answers with the old release.
     assert [fleet.running_release(name, "green") for name in fleet.APP_HOSTS] == [f"true {NEXT}"] * 2

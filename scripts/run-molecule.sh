@@ -23,11 +23,17 @@ failed=()
 for scenario in "$@"; do
   echo "==> molecule test -s $scenario"
   started=$SECONDS
+  # The disaster-recovery drill's measured figures (production scenario).
+  rm -f build/drill-figures.txt
   if molecule test -s "$scenario" --destroy always; then
     echo "<== $scenario: passed in $((SECONDS - started))s"
   else
     echo "<== $scenario: FAILED after $((SECONDS - started))s" >&2
     failed+=("$scenario")
+  fi
+  if [ -s build/drill-figures.txt ]; then
+    echo "<== $scenario: drill figures:"
+    sed 's/^/    /' build/drill-figures.txt
   fi
 done
 

@@ -157,13 +157,58 @@ def test_one_undersized_host_stops_every_host_before_any_change(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.glob("changed-*")) == []
 
 
-def _run(workdir: Path, playbook: str, inventory: str,
-         extra_vars: dict[str, object]) -> subprocess.CompletedProcess[str]:
+def _run(workdir: Path, playbook: str, inventory: str, extra_vars: dict[str, object],
+         inventory_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
     (workdir / "playbook.yml").write_text(playbook)
-    (workdir / "hosts.ini").write_text(inventory)
+    inventory_dir = inventory_dir or workdir
+    (inventory_dir / "hosts.ini").write_text(inventory)
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                PATH=f"{ANSIBLE_PLAYBOOK.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     return subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(workdir / "hosts.ini"), str(workdir / "playbook.yml"),
+        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory_dir / "hosts.ini"), str(workdir / "playbook.yml"),
          "-e", json.dumps(extra_vars)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+PRODUCTION_GROUP_VARS = REPO / "inventories" / "production" / "group_vars"
+TEST_ONLY_VARS = REPO / "molecule" / "production" / "group_vars" / "all" / "test-only.yml"
+
+
+def _production_preflight(tmp_path: Path, overrides: dict[str, object]) -> str:
+    """site.yml's preflight play on one db_primary host with the production inventory's
+    group_vars (placeholders included) and the scenario's test-only vault values."""
+    site = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())
+    preflight = {**next(play for play in site if play["name"] == "Preflight on every host"), "become": False}
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "group_vars").symlink_to(PRODUCTION_GROUP_VARS)
+    vault = {key: value for key, value in yaml.safe_load(TEST_ONLY_VARS.read_text()).items()
+             if key.startswith("vault_")}
+    hosts = (f"[db_primary]\ndb-host ansible_connection=local ansible_python_interpreter={sys.executable} "
+             "paydrop_server_size=test_tiny\n")
+    result = _run(tmp_path, yaml.safe_dump([preflight]), hosts,
+                  {"paydrop_server_sizes": CATALOGUE, "common_preflight_enforce": False, **vault, **overrides},
+                  inventory_dir=inventory)
+    output = squashed(result)
+    return output if result.returncode == 0 else f"FAILED {output}"
+
+
+def test_a_production_inventory_without_off_site_backups_is_refused(tmp_path: Path) -> None:
+    output = _production_preflight(tmp_path, {"postgres_pgbackrest_s3_enabled": False})
+    assert output.startswith("FAILED"), output
+    assert "this inventory requires off-site backups (postgres_backup_offsite_required)" in output
+    assert "pgBackRest's S3 repository is off" in output
+    assert "opt out explicitly with postgres_backup_offsite_required: false" in output
+
+
+def test_an_explicit_opt_out_of_off_site_backups_passes(tmp_path: Path) -> None:
+    output = _production_preflight(tmp_path, {"postgres_pgbackrest_s3_enabled": False,
+                                              "postgres_backup_offsite_required": False})
+    assert not output.startswith("FAILED"), output
+    assert "failed=0" in output
+
+
+def test_the_production_inventorys_backup_placeholders_are_refused(tmp_path: Path) -> None:
+    output = _production_preflight(tmp_path, {})
+    assert output.startswith("FAILED"), output
+    assert "not the inventory's REPLACE-WITH placeholders" in output

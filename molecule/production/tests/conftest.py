@@ -71,9 +71,9 @@ def tcp_probe(client: testinfra.host.Host, target: str, port: int) -> int:
     return client.run(f"timeout 3 bash -c 'exec 3<>/dev/tcp/{target}/{port}'").rc
 
 
-# Modules that change what the others look at (releases, stopped slots) run
+# Modules that change what the others look at (releases, stopped slots, a restored database) run
 # last, whatever their names; the rest keep pytest's order.
-LAST_MODULES = ("test_zero_downtime.py",)
+LAST_MODULES = ("test_zero_downtime.py", "test_disaster_recovery.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

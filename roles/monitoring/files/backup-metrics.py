@@ -5,8 +5,9 @@ Usage: backup-metrics STANZA TEXTFILE_DIR
 
 Runs `pgbackrest info` as postgres and writes, atomically, <dir>/pgbackrest.prom:
 
-  paydrop_backup_last_success_timestamp_seconds{stanza,type}  end of the newest backup of each type
-                                                               (0: none of that type in the repository)
+  paydrop_backup_last_success_timestamp_seconds{stanza,repo,type}
+                                      end of the newest backup of each type in each repository
+                                      (repo1 on this host, repo2 off-site; 0: none of that type there)
   paydrop_backup_info_success                                  1 when pgbackrest info answered, else 0
   paydrop_backup_metrics_timestamp_seconds                     when this ran
 
@@ -26,7 +27,7 @@ import time
 TYPES = ("full", "diff", "incr")
 
 
-def backup_times(stanza: str) -> dict[str, float] | None:
+def backup_times(stanza: str) -> dict[tuple[str, str], float] | None:
     try:
         out = subprocess.run(
             ["runuser", "-u", "postgres", "--", "pgbackrest", f"--stanza={stanza}", "--output=json", "info"],
@@ -38,25 +39,29 @@ def backup_times(stanza: str) -> dict[str, float] | None:
         info = json.loads(out)
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
-    times = dict.fromkeys(TYPES, 0.0)
+    times: dict[tuple[str, str], float] = {}
     for entry in info:
         if entry.get("name") != stanza:
             continue
+        for repo in entry.get("repo", []):
+            for kind in TYPES:
+                times[(str(repo.get("key", 1)), kind)] = 0.0
         for backup in entry.get("backup", []):
-            kind = backup.get("type")
+            key = (str(backup.get("database", {}).get("repo-key", 1)), backup.get("type"))
             stop = float(backup.get("timestamp", {}).get("stop", 0))
-            if kind in times and backup.get("error") is not True:
-                times[kind] = max(times[kind], stop)
+            if key[1] in TYPES and backup.get("error") is not True:
+                times[key] = max(times.get(key, 0.0), stop)
     return times
 
 
-def render(stanza: str, times: dict[str, float] | None) -> str:
+def render(stanza: str, times: dict[tuple[str, str], float] | None) -> str:
     lines = [
         "# HELP paydrop_backup_last_success_timestamp_seconds End of the newest pgBackRest backup of each type.",
         "# TYPE paydrop_backup_last_success_timestamp_seconds gauge",
     ]
-    for kind, stop in (times or {}).items():
-        lines.append(f'paydrop_backup_last_success_timestamp_seconds{{stanza="{stanza}",type="{kind}"}} {stop:.0f}')
+    for (repo, kind), stop in sorted((times or {}).items()):
+        lines.append(f'paydrop_backup_last_success_timestamp_seconds{{stanza="{stanza}",repo="{repo}",type="{kind}"}}'
+                     f" {stop:.0f}")
     lines += [
         "# HELP paydrop_backup_info_success Whether pgbackrest info answered.",
         "# TYPE paydrop_backup_info_success gauge",

@@ -1,0 +1,244 @@
+"""Disaster recovery on the fleet: backups to both repositories (repo2 is the
+off-site S3 copy), restore points before releases, and the drill's first
+incident, a table dropped at a known time, undone by restore.yml.
+
+The drill: a writer commits paid orders on db1 at a steady rate; backup.yml;
+keep writing; note T; keep writing; drop `orders` (the incident); restore.yml
+to T with the shop in maintenance. Every order committed before T is back,
+none committed after it; the replica is cloned again and streams; the shop
+serves. It prints the figures (orders lost, seconds the restore took).
+
+Destructive (restores db1): runs last (conftest.py orders it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+import urllib3
+
+from tests.support import fleet, scenario
+
+FIGURES = fleet.PROJECT / "build" / "drill-figures.txt"
+
+
+def pgbackrest_info() -> list[dict[str, Any]]:
+    out = fleet.host("db1").check_output("runuser -u postgres -- pgbackrest --stanza=paydrop --output=json info")
+    return json.loads(out)
+
+
+def postgres_active(name: str) -> bool:
+    return fleet.host(name).service("postgresql@15-main").is_running
+
+
+def test_the_off_site_repository_gets_the_wal_archive(db1: testinfra.host.Host) -> None:
+    """pgbackrest check pushes a WAL segment and waits until every repository has it."""
+    db1.check_output("runuser -u postgres -- pgbackrest --stanza=paydrop check")
+    repos = {repo["key"]: repo for repo in pgbackrest_info()[0]["repo"]}
+    assert set(repos) == {1, 2}, repos
+    assert all(repo["status"]["code"] == 0 for repo in repos.values()), repos
+    # Encrypted before it leaves db1: the moto bucket holds no readable WAL header.
+    config = db1.file("/etc/pgbackrest/pgbackrest.conf").content_string
+    assert "repo2-cipher-type=aes-256-cbc" in config
+    assert db1.file("/etc/pgbackrest/pgbackrest.conf").mode == 0o640
+
+
+def test_backup_yml_backs_up_to_both_repositories_and_says_where() -> None:
+    before = {b["label"] for b in pgbackrest_info()[0].get("backup", [])}
+    result = fleet.playbook("backup.yml", "-e", "backup_type=incr")
+    assert result.returncode == 0, fleet.output(result)
+    new = [b for b in pgbackrest_info()[0]["backup"] if b["label"] not in before]
+    assert sorted(b["database"]["repo-key"] for b in new) == [1, 2], new
+    text = fleet.output(result, tail=20000)
+    for backup in new:
+        assert f"repo{backup['database']['repo-key']}: {backup['type']} backup {backup['label']}" in text
+    # The backup metrics were refreshed at once: one series per repository.
+    prom = fleet.host("db1").file("/var/lib/prometheus/node-exporter/pgbackrest.prom").content_string
+    for repo in ("1", "2"):
+        assert f'repo="{repo}",type="incr"' in prom, prom
+
+
+def test_backup_yml_refuses_an_unknown_type() -> None:
+    result = fleet.playbook("backup.yml", "-e", "backup_type=weekly")
+    assert result.returncode != 0
+    assert "backup_type must be full, diff or incr (got weekly); nothing was backed up." in fleet.output(result)
+
+
+def test_each_release_left_a_restore_point() -> None:
+    """test_zero_downtime's deploy.yml runs marked one before their migrations."""
+    log = fleet.host("db1").check_output("cat /var/log/postgresql/postgresql-15-main.log")
+    assert 'restore point "before-0.1.0-molecule-next-' in log
+
+
+def test_restore_refuses_a_running_primary_without_confirmation() -> None:
+    result = fleet.playbook("restore.yml", "-e", "restore_target_time=2026-01-01 00:00:00+00")
+    assert result.returncode != 0
+    text = fleet.output(result)
+    assert "PostgreSQL runs on db1: a restore replaces its data with the state at 2026-01-01 00:00:00+00" in text
+    assert "Run again with -e confirm_restore=yes" in text
+    assert postgres_active("db1") and postgres_active("db2")
+    assert not fleet.host("lb1").file("/etc/nginx/paydrop-maintenance/paydrop-maintenance.conf").exists
+
+
+def test_restore_refuses_two_targets_at_once() -> None:
+    result = fleet.playbook("restore.yml", "-e", "restore_point=x", "-e", "restore_target_time=2026-01-01 00:00:00",
+                            "-e", "confirm_restore=yes")
+    assert result.returncode != 0
+    assert "restore.yml takes at most one of" in fleet.output(result)
+    assert postgres_active("db1")
+
+
+@dataclass
+class Writer:
+    """Commits one paid order on db1 every `interval` seconds; records when each INSERT
+    was sent and when its commit was confirmed (wall clock, which the containers share)."""
+
+    interval: float = 0.25
+    committed: list[tuple[str, float, float]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        db1 = fleet.host("db1")
+        query = ("INSERT INTO orders (product_id, amount, currency, email, checkout_mode, status, paid_at) "
+                 "SELECT id, price_amount, currency, 'drill@paydrop.test', 'payment_intent', 'paid', now() "
+                 "FROM products ORDER BY id LIMIT 1 RETURNING id")
+        while not self._stop.is_set():
+            sent = time.time()
+            result = db1.run(f"runuser -u postgres -- psql -X -At -v ON_ERROR_STOP=1 -d paydrop -c \"{query}\"")
+            done = time.time()
+            if result.rc == 0:
+                self.committed.append((result.stdout.splitlines()[0], sent, done))
+            else:
+                self.errors.append(result.stderr.strip())
+            self._stop.wait(self.interval)
+
+    def start(self) -> Writer:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+
+
+@dataclass
+class Prober:
+    """GET / through lb1 twice a second: the status, and whether the maintenance page answered."""
+
+    answers: list[tuple[float, int, bool, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        pool = urllib3.HTTPSConnectionPool(
+            "127.0.0.1", fleet.published_https_port(), server_hostname=fleet.SERVER_NAME,
+            assert_hostname=fleet.SERVER_NAME, cert_reqs="CERT_REQUIRED", ca_certs=str(fleet.CA_FILE),
+            timeout=urllib3.Timeout(connect=5, read=10), retries=False)
+        while not self._stop.is_set():
+            try:
+                response = pool.request("GET", "/", headers={"Host": fleet.SERVER_NAME}, redirect=False)
+                self.answers.append((time.time(), response.status,
+                                     response.headers.get("X-Paydrop-Maintenance") == "on",
+                                     response.headers.get("Retry-After", "")))
+            except urllib3.exceptions.HTTPError:
+                self.answers.append((time.time(), 0, False, ""))
+            self._stop.wait(0.5)
+        pool.close()
+
+    def start(self) -> Prober:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(20)
+
+
+def orders_present(ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 200):
+        chunk = ", ".join(f"'{order_id}'" for order_id in ids[start:start + 200])
+        out = fleet.sql(f"SELECT id FROM orders WHERE id IN ({chunk})")  # noqa: S608 - ids PostgreSQL made
+        found.update(line for line in out.splitlines() if line)
+    return found
+
+
+@pytest.fixture(scope="module")
+def writer() -> Iterator[Writer]:
+    running = Writer().start()
+    yield running
+    running.stop()
+
+
+def test_a_dropped_table_is_restored_to_the_moment_before(writer: Writer) -> None:
+    backup = fleet.playbook("backup.yml")
+    assert backup.returncode == 0, fleet.output(backup)
+    time.sleep(5)
+    target = time.time()
+    time.sleep(4)
+    # The incident: someone drops the orders table.
+    fleet.sql("DROP TABLE orders CASCADE")
+    writer.stop()
+    target_text = datetime.fromtimestamp(target, UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    before = [order_id for order_id, _, done in writer.committed if done < target]
+    after = [order_id for order_id, sent, _ in writer.committed if sent > target]
+    assert len(before) > 10 and len(after) > 3, (len(before), len(after), writer.errors[:3])
+
+    prober = Prober().start()
+    started = time.monotonic()
+    try:
+        result = fleet.playbook("restore.yml", "-e", f"restore_target_time={target_text}", "-e", "confirm_restore=yes")
+        seconds = time.monotonic() - started
+        time.sleep(2)
+    finally:
+        prober.stop()
+    assert result.returncode == 0, fleet.output(result, tail=8000)
+
+    present = orders_present(before + after)
+    lost = [order_id for order_id in before if order_id not in present]
+    resurrected = [order_id for order_id in after if order_id in present]
+    assert lost == [], f"{len(lost)} of {len(before)} orders committed before T are missing"
+    assert resurrected == [], f"{len(resurrected)} orders committed after T came back"
+
+    # Maintenance while it worked: the page, its Retry-After, then the shop again.
+    maintenance = [a for a in prober.answers if a[2]]
+    assert maintenance and all(a[1] == 503 and a[3] == "300" for a in maintenance), prober.answers[:5]
+    assert prober.answers[-1][1] == 200, prober.answers[-5:]
+    assert not fleet.host("lb1").file("/etc/nginx/paydrop-maintenance/paydrop-maintenance.conf").exists
+
+    # The replica was cloned again from the restored primary and streams it.
+    scenario.wait_until(
+        lambda: fleet.host("db1").check_output(
+            "runuser -u postgres -- psql -X -At -c \"SELECT state FROM pg_stat_replication\"") == "streaming",
+        "db2 streaming from the restored db1", timeout=60, interval=1)
+    count = fleet.sql("SELECT count(*) FROM orders")
+    scenario.wait_until(
+        lambda: fleet.host("db2").check_output(
+            "runuser -u postgres -- psql -X -At -d paydrop -c 'SELECT count(*) FROM orders'") == count,
+        "db2 holding the restored orders", timeout=30, interval=1)
+    # Archiving goes on, on the new timeline, to both repositories.
+    fleet.host("db1").check_output("runuser -u postgres -- pgbackrest --stanza=paydrop check")
+
+    figures = (f"drill, table dropped at a known time, restore.yml to T: {len(before)} orders committed "
+               f"before T, {len(lost)} lost (RPO 0 s before T); {len(after)} committed after T, none restored; "
+               f"restore.yml took {seconds:.0f} s with {len(maintenance)} maintenance answers (RTO); "
+               f"{sum(1 for a in prober.answers if a[1] == 0)} requests without an answer")
+    print(figures)
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    with Path(FIGURES).open("a") as handle:
+        handle.write(figures + "\n")

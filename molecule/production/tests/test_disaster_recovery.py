@@ -14,6 +14,7 @@ Destructive (restores db1): runs last (conftest.py orders it).
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 import time
 from collections.abc import Iterator
@@ -95,6 +96,45 @@ def test_restore_refuses_two_targets_at_once() -> None:
     assert result.returncode != 0
     assert "restore.yml takes at most one of" in fleet.output(result)
     assert postgres_active("db1")
+
+
+TLS_DIR = "/etc/postgresql/15/main/tls"
+SERVED_END = ("openssl s_client -starttls postgres -connect 127.0.0.1:5432 </dev/null 2>/dev/null"
+              " | openssl x509 -noout -enddate")
+
+
+def days_left(host: testinfra.host.Host, command: str) -> float:
+    end = host.check_output(command).split("=", 1)[1]
+    expiry = datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
+    return (expiry - datetime.now(UTC)).total_seconds() / 86400
+
+
+def test_a_certificate_near_expiry_is_renewed_by_the_next_run(db1: testinfra.host.Host,
+                                                             db2: testinfra.host.Host) -> None:
+    """db2's server certificate re-signed by the CA for 2 days (inside the 30-day renewal
+    window) and served; the next `site.yml --tags db` issues a full-length one and
+    PostgreSQL serves it."""
+    csr = db2.file(f"{TLS_DIR}/server.csr").content_string
+    db1.check_output(f"printf '%s' {shlex.quote(csr)} > /tmp/db2.csr && "
+                     "openssl x509 -req -in /tmp/db2.csr -CA /etc/paydrop-pki/postgres-ca/ca.crt "
+                     "-CAkey /etc/paydrop-pki/postgres-ca/ca.key -days 2 -copy_extensions copy "
+                     "-out /tmp/db2-short.crt 2>/dev/null && rm /tmp/db2.csr")
+    short = db1.file("/tmp/db2-short.crt").content_string
+    db1.check_output("rm /tmp/db2-short.crt")
+    db2.check_output(f"printf '%s' {shlex.quote(short)} > {TLS_DIR}/server.crt && "
+                     "runuser -u postgres -- psql -X -At -c 'SELECT pg_reload_conf()'")
+    scenario.wait_until(lambda: days_left(db2, SERVED_END) < 3, "db2 serving the short-lived certificate",
+                        timeout=20, interval=1)
+
+    result = fleet.playbook("site.yml", "--tags", "db")
+    assert result.returncode == 0, fleet.output(result)
+    signed = [task for task in fleet.changed_tasks(result) if "Sign this server's certificate" in task]
+    assert [task for task in signed if "(db2" in task], fleet.changed_tasks(result)
+    assert days_left(db2, f"openssl x509 -noout -enddate -in {TLS_DIR}/server.crt") > 800
+    scenario.wait_until(lambda: days_left(db2, SERVED_END) > 800, "db2 serving the renewed certificate",
+                        timeout=30, interval=1)
+    # db1's own certificate was far from expiry: not signed again.
+    assert not [task for task in signed if "(db1" in task], signed
 
 
 @dataclass

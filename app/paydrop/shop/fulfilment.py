@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Any
 
@@ -78,17 +78,39 @@ def mark_paid(
                   order_id, amount, currency, order.amount, order.currency)
         cur.execute("UPDATE orders SET flagged = true WHERE id = %s", (order_id,))
         return None
-    if not _transition(
-        cur, order_id,
-        """status = 'paid', paid_at = now(), failure_message = NULL,
-           stripe_charge_id = coalesce(%s, stripe_charge_id)""",
-        ("pending", "failed"), (charge_id,),
-    ):
-        return None
     config = current_app.config
-    grant = grants.create(cur, order_id, config["DOWNLOAD_TTL_SECONDS"], config["DOWNLOAD_LIMIT"])
-    paid = _reload(cur, order_id)
-    return Change(paid, grant, _queue_receipt(cur, paid, grant))
+    paid = _pay_and_grant(cur, order, charge_id, config["DOWNLOAD_TTL_SECONDS"],
+                          config["DOWNLOAD_LIMIT"])
+    if paid is None:
+        return None
+    return Change(paid[0], paid[1], _queue_receipt(cur, *paid))
+
+
+def _pay_and_grant(cur: Any, order: orders.Order, charge_id: str | None, ttl_seconds: int,
+                   max_downloads: int) -> tuple[orders.Order, grants.Grant] | None:
+    """pending/failed -> paid and the download grant, in one statement (the grant
+    exists only if the guarded UPDATE changed the row). One round trip instead of
+    three (update, insert, re-read): a webhook's time is mostly round trips."""
+    cur.execute(
+        sql.SQL("""WITH paid AS (
+                UPDATE orders SET status = 'paid', paid_at = now(), failure_message = NULL,
+                    stripe_charge_id = coalesce(%s, stripe_charge_id), updated_at = now()
+                WHERE id = %s AND status = ANY(%s)
+                RETURNING paid_at, stripe_charge_id),
+            granted AS (
+                INSERT INTO download_grants (order_id, expires_at, max_downloads)
+                SELECT %s, now() + make_interval(secs => %s), %s FROM paid
+                RETURNING *)
+            SELECT {}, paid.paid_at, paid.stripe_charge_id FROM granted, paid""").format(
+            grants.COLUMNS),
+        (charge_id, order.id, ["pending", "failed"], order.id, ttl_seconds, max_downloads),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    paid = replace(order, status="paid", paid_at=row.pop("paid_at"),
+                               failure_message=None, stripe_charge_id=row.pop("stripe_charge_id"))
+    return paid, grants.Grant(**row)
 
 
 def mark_failed(cur: Any, order_id: str, message: str) -> Change | None:

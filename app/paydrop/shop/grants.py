@@ -43,7 +43,8 @@ class Asset:
     size: int
 
 
-_COLUMNS = sql.SQL("""id::text AS id, order_id::text AS order_id, expires_at, max_downloads,
+# Also used by fulfilment, which creates the first grant in the payment's statement.
+COLUMNS = sql.SQL("""id::text AS id, order_id::text AS order_id, expires_at, max_downloads,
     download_count, revoked_at""")
 
 
@@ -63,7 +64,7 @@ def grant_id_from_token(token: str) -> str | None:
 def create(cur: Any, order_id: str, ttl_seconds: int, max_downloads: int) -> Grant:
     cur.execute(
         sql.SQL("""INSERT INTO download_grants (order_id, expires_at, max_downloads)
-            VALUES (%s, now() + make_interval(secs => %s), %s) RETURNING {}""").format(_COLUMNS),
+            VALUES (%s, now() + make_interval(secs => %s), %s) RETURNING {}""").format(COLUMNS),
         (order_id, ttl_seconds, max_downloads),
     )
     return Grant(**cur.fetchone())
@@ -88,7 +89,7 @@ def usable_for_order(cur: Any, order_id: str) -> Grant | None:
         sql.SQL("""SELECT {} FROM download_grants
             WHERE order_id = %s AND revoked_at IS NULL AND expires_at > now()
               AND download_count < max_downloads
-            ORDER BY created_at DESC LIMIT 1""").format(_COLUMNS),
+            ORDER BY created_at DESC LIMIT 1""").format(COLUMNS),
         (order_id,),
     )
     row = cur.fetchone()

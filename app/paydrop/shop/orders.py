@@ -126,13 +126,20 @@ def id_by_checkout_session(cur: Any, session_id: str) -> str | None:
     return row["id"] if row else None
 
 
-def set_payment_intent(cur: Any, order_id: str, payment_intent_id: str) -> bool:
-    """Record the order's PaymentIntent; True when newly recorded."""
-    cur.execute(
+def set_payment_intent(cur: Any, order_id: str, payment_intent_id: str, *,
+                       first: bytes = b"") -> bool:
+    """Record the order's PaymentIntent; True when newly recorded.
+
+    ``first``: a statement (``cur.mogrify``'d) for the server to run before this one, in
+    the same round trip: psycopg2 sends both in one message, PostgreSQL runs them
+    in order, and the cursor holds the result of the last one, this UPDATE.
+    """
+    update = cur.mogrify(
         """UPDATE orders SET stripe_payment_intent_id = %s, updated_at = now()
            WHERE id = %s AND stripe_payment_intent_id IS NULL RETURNING id""",
         (payment_intent_id, order_id),
     )
+    cur.execute(first + b";\n" + update if first else update)
     return cur.fetchone() is not None
 
 

@@ -38,10 +38,16 @@ def _metadata_order_id(obj: dict[str, Any]) -> str | None:
     return order_id if orders.is_uuid(order_id) else None
 
 
-def _lock_payment(cur: Any, payment_intent_id: str) -> None:
+def _lock_payment_sql(cur: Any, payment_intent_id: str) -> bytes:
     """Serialise "park an event for this payment" with "an order learns this payment",
     so an event is never parked just after the replay looked for it."""
-    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (payment_intent_id,))
+    sql: bytes = cur.mogrify("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                             (payment_intent_id,))
+    return sql
+
+
+def _lock_payment(cur: Any, payment_intent_id: str) -> None:
+    cur.execute(_lock_payment_sql(cur, payment_intent_id))
 
 
 def link_payment_intent(
@@ -50,8 +56,9 @@ def link_payment_intent(
     """Record the order's PaymentIntent and replay events that were waiting for it."""
     if not payment_intent_id:
         return []
-    _lock_payment(cur, payment_intent_id)
-    if not orders.set_payment_intent(cur, order_id, payment_intent_id):
+    # The lock, then the UPDATE, in one round trip (a webhook's time is mostly round trips).
+    if not orders.set_payment_intent(cur, order_id, payment_intent_id,
+                                     first=_lock_payment_sql(cur, payment_intent_id)):
         return []
     changes: list[Change | None] = []
     for event_id, event_type, obj in stripe_events.parked_for(cur, payment_intent_id):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gunicorn import glogging
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -251,6 +252,11 @@ def test_config_sizes_workers_from_cpus_and_tunes_for_nginx(
     assert config["graceful_timeout"] == 30
     assert config["keepalive"] > 60  # nginx's upstream keepalive_timeout
     assert config["accesslog"] is None
+    # Nor are the access line's fields built, only to be dropped (logconfig_dict
+    # makes gunicorn's own logger think its access log is on).
+    assert issubclass(config["logger_class"], glogging.Logger)
+    logger = object.__new__(config["logger_class"])  # nothing set up: any work would fail
+    assert logger.access(None, None, None, 0.1) is None
 
     monkeypatch.setenv("GUNICORN_WORKERS", "3")
     monkeypatch.setenv("GUNICORN_BIND", "127.0.0.1:9001")

@@ -15,6 +15,8 @@ PACKAGES=(
   pebble
   # promtool and amtool: the alert rules' unit tests and config checks (tests/collection)
   prometheus prometheus-alertmanager
+  # the production scenario's scans of the fleet from outside (tests/test_scans.py)
+  nmap testssl.sh
   # tooling (wrk: the load generator of make bench)
   make git rsync python3-venv wrk
 )

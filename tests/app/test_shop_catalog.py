@@ -91,6 +91,48 @@ def test_product_data_is_cached_and_invalidated_on_change(app, client, tmp_path,
     assert "Changed Behind The Cache" in client.get("/products/field-guide").get_data(as_text=True)
 
 
+def _redis_commands(app, monkeypatch) -> list[tuple[str, ...]]:
+    """Every command the app's Redis client sends from now on."""
+    sent: list[tuple[str, ...]] = []
+    client = app.extensions["paydrop.redis"]
+    execute = client.execute_command
+
+    def counting(*args, **options):
+        sent.append(tuple(str(arg) for arg in args))
+        return execute(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", counting)
+    return sent
+
+
+def test_a_cached_page_view_asks_redis_for_the_catalog_version_only(app, client, tmp_path, monkeypatch):
+    """Each process keeps the entries it read, under the versioned key: one round trip per view."""
+    add_product(app, tmp_path, slug="field-guide", title="Field Guide")
+    client.get("/")
+    client.get("/products/field-guide")
+    sent = _redis_commands(app, monkeypatch)
+    assert "Field Guide" in client.get("/").get_data(as_text=True)
+    assert "Field Guide" in client.get("/products/field-guide").get_data(as_text=True)
+    assert [command for command in sent if "paydrop:catalog" in " ".join(command)] == [
+        ("GET", "paydrop:catalog:version"), ("GET", "paydrop:catalog:version")]
+
+
+def test_another_process_changing_the_catalog_shows_at_once(make_app, tmp_path):
+    """The per-process copy never hides a change another process (the CLI, the other
+    app host) made and announced: the new version is a new key."""
+    shop, operator = make_app(), make_app()
+    add_product(shop, tmp_path, slug="field-guide", title="Field Guide")
+    client = shop.test_client()
+    assert "Field Guide" in client.get("/products/field-guide").get_data(as_text=True)
+    assert "Field Guide" in client.get("/products/field-guide").get_data(as_text=True)
+    query(shop, "UPDATE products SET title = 'New Title' RETURNING id")
+    with operator.app_context():
+        from paydrop.shop import catalog
+
+        catalog.invalidate()
+    assert "New Title" in client.get("/products/field-guide").get_data(as_text=True)
+
+
 def test_catalog_works_without_redis(make_app, tmp_path):
     app = make_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
                     "HEALTH_CHECK_TIMEOUT_SECONDS": "1"})

@@ -2,7 +2,10 @@
 
 Product data is cached in Redis under a version number; any change to the
 catalog bumps the version (``invalidate``), so every cached entry is replaced
-at once and stale ones simply expire. Reads go through ``get_db().read()``:
+at once and stale ones simply expire. Each app process also keeps the entries
+it read under their versioned key (``_LocalEntries``): a page view then asks
+Redis for the version only, one round trip instead of two, and a catalog
+change (a new version, a new key) shows at once in every process, as before. Reads go through ``get_db().read()``:
 the replica when configured, else (or when it is down) the primary. Prices
 shown here are for display only; checkout reads the price from the primary.
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from typing import Any
 
 import redis
@@ -26,6 +31,38 @@ log = logging.getLogger(__name__)
 bp = Blueprint("catalog", __name__)
 
 _VERSION_KEY = "paydrop:catalog:version"
+_LOCAL = "paydrop.catalog.local"
+
+
+class _LocalEntries:
+    """This process's copy of the entries it read from Redis, by versioned key, each
+    until it would expire in Redis. Bounded: emptied when full (a version change
+    leaves the old keys unused; they go at the next emptying)."""
+
+    MAX_ENTRIES = 2048
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, Any]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        entry = self.entries.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key: str, value: Any, seconds: int) -> None:
+        with self.lock:
+            if len(self.entries) >= self.MAX_ENTRIES:
+                self.entries.clear()
+            self.entries[key] = (time.monotonic() + seconds, value)
+
+
+def _local() -> _LocalEntries:
+    entries: _LocalEntries | None = current_app.extensions.get(_LOCAL)
+    if entries is None:
+        entries = current_app.extensions.setdefault(_LOCAL, _LocalEntries())
+    return entries
 
 
 def _cache_key(name: str) -> str | None:
@@ -41,19 +78,27 @@ def _cache_key(name: str) -> str | None:
 def _cached(name: str, load: Any) -> Any:
     """JSON value of ``load()``, from the cache when possible."""
     key = _cache_key(name)
+    seconds = current_app.config["CATALOG_CACHE_SECONDS"]
     if key is not None:
+        local = _local().get(key)
+        if local is not None:
+            return local
         try:
             raw = get_redis().get(key)
             if raw is not None:
-                return json.loads(raw)
+                value = json.loads(raw)
+                _local().put(key, value, seconds)
+                return value
         except redis.RedisError as exc:
             log.warning("catalog cache read failed: %s", exc)
     value = load()
     if key is not None and value is not None:
         try:
-            get_redis().set(key, json.dumps(value), ex=current_app.config["CATALOG_CACHE_SECONDS"])
+            get_redis().set(key, json.dumps(value), ex=seconds)
         except redis.RedisError as exc:
             log.warning("catalog cache write failed: %s", exc)
+        else:
+            _local().put(key, value, seconds)
     return value
 
 

@@ -21,6 +21,11 @@ from tests.support import fleet
 
 HOSTS = ("lb1", "app1", "app2", "db1", "db2", "redis1", "mon1")
 PUBLIC = {"lb1": {22, 80, 443}}
+# Findings that belong to the scenario's test CA, not to the fleet: each with why.
+TEST_CA_FINDINGS = {
+    # pebble issues certificates without CRL or OCSP URLs; Let's Encrypt's carry a CRL URL.
+    "cert_revocation": "Neither CRL nor OCSP URI provided",
+}
 
 
 def open_ports(xml_text: str) -> dict[str, set[int]]:
@@ -66,7 +71,8 @@ def test_testssl_offers_only_tls_1_2_and_1_3(testssl: list[dict[str, str]]) -> N
 
 
 def test_testssl_finds_nothing_high_or_critical(testssl: list[dict[str, str]]) -> None:
-    serious = [f"{f['id']}: {f['finding']}" for f in testssl if f.get("severity") in ("HIGH", "CRITICAL")]
+    serious = [f"{f['id']}: {f['finding']}" for f in testssl if f.get("severity") in ("HIGH", "CRITICAL")
+               and TEST_CA_FINDINGS.get(f["id"]) != f["finding"]]
     assert serious == []
     # What it did rate is printed, for the record.
     print("testssl.sh findings rated LOW or MEDIUM:",

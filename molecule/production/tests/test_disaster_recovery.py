@@ -81,17 +81,17 @@ def test_each_release_left_a_restore_point() -> None:
 
 
 def test_restore_refuses_a_running_primary_without_confirmation() -> None:
-    result = fleet.playbook("restore.yml", "-e", "restore_target_time=2026-01-01 00:00:00+00")
+    result = fleet.playbook("restore.yml", "-e", "restore_target_time=2026-01-01T00:00:00+00")
     assert result.returncode != 0
     text = fleet.output(result)
-    assert "PostgreSQL runs on db1: a restore replaces its data with the state at 2026-01-01 00:00:00+00" in text
+    assert "PostgreSQL runs on db1: a restore replaces its data with the state at 2026-01-01T00:00:00+00" in text
     assert "Run again with -e confirm_restore=yes" in text
     assert postgres_active("db1") and postgres_active("db2")
     assert not fleet.host("lb1").file("/etc/nginx/paydrop-maintenance/paydrop-maintenance.conf").exists
 
 
 def test_restore_refuses_two_targets_at_once() -> None:
-    result = fleet.playbook("restore.yml", "-e", "restore_point=x", "-e", "restore_target_time=2026-01-01 00:00:00",
+    result = fleet.playbook("restore.yml", "-e", "restore_point=x", "-e", "restore_target_time=2026-01-01T00:00:00",
                             "-e", "confirm_restore=yes")
     assert result.returncode != 0
     assert "restore.yml takes at most one of" in fleet.output(result)
@@ -234,7 +234,7 @@ def test_a_dropped_table_is_restored_to_the_moment_before(writer: Writer) -> Non
     # The incident: someone drops the orders table.
     fleet.sql("DROP TABLE orders CASCADE")
     writer.stop()
-    target_text = datetime.fromtimestamp(target, UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    target_text = datetime.fromtimestamp(target, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00")
     before = [order_id for order_id, _, done in writer.committed if done < target]
     after = [order_id for order_id, sent, _ in writer.committed if sent > target]
     assert len(before) > 10 and len(after) > 3, (len(before), len(after), writer.errors[:3])

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import testinfra
@@ -138,15 +138,34 @@ def test_a_certificate_near_expiry_is_renewed_by_the_next_run(db1: testinfra.hos
 
 
 @dataclass
-class Writer:
+class Background:
+    """A loop (`_run`, checking `_stop`) on a daemon thread, started and stopped by the test."""
+
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+
+
+@dataclass
+class Writer(Background):
     """Commits one paid order on db1 every `interval` seconds; records when each INSERT
     was sent and when its commit was confirmed (wall clock, which the containers share)."""
 
     interval: float = 0.25
     committed: list[tuple[str, float, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
     def _run(self) -> None:
         db1 = fleet.host("db1")
@@ -163,24 +182,12 @@ class Writer:
                 self.errors.append(result.stderr.strip())
             self._stop.wait(self.interval)
 
-    def start(self) -> Writer:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(30)
-
 
 @dataclass
-class Prober:
+class Prober(Background):
     """GET / through lb1 twice a second: the status, and whether the maintenance page answered."""
 
     answers: list[tuple[float, int, bool, str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
     def _run(self) -> None:
         pool = urllib3.HTTPSConnectionPool(
@@ -197,16 +204,6 @@ class Prober:
                 self.answers.append((time.time(), 0, False, ""))
             self._stop.wait(0.5)
         pool.close()
-
-    def start(self) -> Prober:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(20)
 
 
 def orders_present(ids: list[str]) -> set[str]:

@@ -8,6 +8,8 @@ this machine to the test host's address on the scenario's Docker network.
 from __future__ import annotations
 
 import json
+import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 import testinfra.host
 
 from tests.support import scenario
-from tests.support.scenario import can_connect, private_address
+from tests.support.scenario import can_connect, private_address, wait_until
 
 testinfra_hosts = scenario.hosts_of("all")
 
@@ -63,7 +65,8 @@ def test_sshd_hardening_is_in_effect(host: testinfra.host.Host) -> None:
     effective = dict(
         line.split(" ", 1) for line in host.check_output("sshd -T").splitlines() if " " in line
     )
-    assert effective["permitrootlogin"] == "without-password"
+    # The scenario declares an admin (ops): root may not log in at all.
+    assert effective["permitrootlogin"] == "no"
     assert effective["passwordauthentication"] == "no"
     assert effective["kbdinteractiveauthentication"] == "no"
     assert effective["permitemptypasswords"] == "no"
@@ -79,6 +82,40 @@ def test_sshd_runs(host: testinfra.host.Host) -> None:
     ssh = host.service("ssh")
     assert ssh.is_running
     assert ssh.is_enabled
+
+
+def test_sshd_offers_only_keys(host: testinfra.host.Host) -> None:
+    # Asked by a client that has no key, sshd names the methods it would
+    # accept: publickey only (no password, no keyboard-interactive).
+    result = subprocess.run(
+        ["ssh", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no", "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", f"root@{private_address(host)}", "true"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 255
+    assert "Permission denied (publickey)." in result.stderr, result.stderr
+
+
+def test_fail2ban_bans_an_address_that_keeps_failing_ssh_logins(host: testinfra.host.Host) -> None:
+    status = host.check_output("fail2ban-client status sshd")
+    assert "Journal matches:" in status or "File list:" in status, status
+    control = host.check_output("ip -4 route show default | awk '{print $3}'")
+    try:
+        for _ in range(6):
+            subprocess.run(
+                ["ssh", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no", "-o", "StrictHostKeyChecking=no",
+                 "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5",
+                 f"no-such-user-{uuid.uuid4().hex[:6]}@{private_address(host)}", "true"],
+                capture_output=True, timeout=30, check=False)
+        banned = wait_until(
+            lambda: control in host.check_output("fail2ban-client get sshd banip"),
+            "fail2ban banning the control node", timeout=30, interval=1)
+        assert banned
+        # The ban is a drop in fail2ban's own nftables table: a new connection now hangs.
+        assert not can_connect(private_address(host), 22, timeout=3)
+        assert "f2b" in host.check_output("nft list tables")
+    finally:
+        host.run("fail2ban-client set sshd unbanip %s", control)
+    assert can_connect(private_address(host), 22)
 
 
 # --- firewall ----------------------------------------------------------------

@@ -62,6 +62,7 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
 	$(BIN)/python scripts/check_argument_specs.py
+	$(BIN)/python scripts/check_lockfiles.py
 	$(BIN)/ansible-lint --profile production
 	$(BIN)/bandit -q -r app/paydrop --severity-level medium
 	$(BIN)/hadolint app/Dockerfile

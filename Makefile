@@ -30,7 +30,7 @@ VERSION   ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-$(shell
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help venv system-deps lint test test-unit test-molecule hosts wheels image image-archive collection demo demo-check demo-down bench clean
+.PHONY: help venv system-deps lint docs test test-unit test-molecule hosts wheels image image-archive collection demo demo-check demo-down bench clean
 
 help:
 	@echo "make demo           install what is needed, start the sandbox, deploy the stack, print the shop's URL"
@@ -45,6 +45,7 @@ help:
 	@echo "make image-archive  save it to build/images/paydrop-$(VERSION).tar, which the app role ships to hosts"
 	@echo "make demo-check     buy a demo product in the running sandbox with headless Chromium"
 	@echo "make demo-down      remove the sandbox's containers (its generated secrets stay in .sandbox/)"
+	@echo "make docs           render docs/architecture.svg from docs/architecture.dot (Graphviz)"
 	@echo "make bench          benchmarks against the running sandbox, ratios to same-run baselines (QUICK=1: seconds)"
 
 system-deps:
@@ -62,11 +63,18 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
 	$(BIN)/python scripts/check_argument_specs.py
+	$(BIN)/python scripts/check_lockfiles.py
+	scripts/architecture-diagram.sh --check
 	$(BIN)/ansible-lint --profile production
 	$(BIN)/bandit -q -r app/paydrop --severity-level medium
 	$(BIN)/hadolint app/Dockerfile
 	$(BIN)/check-jsonschema -q --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/check-jsonschema -q --builtin-schema vendor.github-actions .github/actions/*/action.yml
+
+# The architecture diagram: edit docs/architecture.dot, then this (make lint
+# fails while the checked-in SVG is not what the .dot renders to).
+docs:
+	scripts/architecture-diagram.sh
 
 test-unit: venv
 	$(BIN)/pytest tests --junitxml=$(JUNIT)/pytest.xml

@@ -17,6 +17,8 @@ PACKAGES=(
   prometheus prometheus-alertmanager
   # the production scenario's scans of the fleet from outside (tests/test_scans.py)
   nmap testssl.sh
+  # dot: docs/architecture.svg from docs/architecture.dot (make docs, checked by make lint)
+  graphviz
   # tooling (wrk: the load generator of make bench)
   make git rsync python3-venv wrk
 )

@@ -174,3 +174,34 @@ def test_pages_and_webhooks_never_wait_for_a_slow_mail_server(make_app, mail_env
     subjects = sorted(message["Subject"] for message in smtp.wait_for(2, timeout=20))
     assert subjects[0] == "Confirm your e-mail address"
     assert subjects[1].startswith("Your receipt")
+
+
+def test_the_receipt_is_written_in_the_paying_transaction(make_app, mail_env, tmp_path,
+                                                          monkeypatch):
+    """When the receipt cannot be queued, the payment is not recorded either
+    (the webhook is a 500 and Stripe retries): an order is never paid without
+    its receipt in the outbox, nor the other way round."""
+    from paydrop.shop import outbox
+
+    app = make_app(mail_env)
+    product = add_product(app, tmp_path, price=900, currency="usd")
+    order = create_order(app, product, payment_intent_id="pi_sametxn0000001")
+    original = outbox.enqueue
+
+    def failing(cur, *args, **kwargs):
+        raise RuntimeError("the outbox insert failed")
+
+    monkeypatch.setattr(outbox, "enqueue", failing)
+    body, headers = signed(event("payment_intent.succeeded", payment_intent(order),
+                                 event_id="evt_sametxn_1"))
+    client = app.test_client()
+    assert client.post("/api/webhooks/stripe", data=body, headers=headers).status_code == 500
+    assert query(app, "SELECT status FROM orders") == [{"status": "pending"}]
+    assert query(app, "SELECT id FROM download_grants") == []
+    assert query(app, "SELECT id FROM outbox") == []
+
+    monkeypatch.setattr(outbox, "enqueue", original)
+    assert client.post("/api/webhooks/stripe", data=body, headers=headers).status_code == 200
+    assert query(app, "SELECT status FROM orders") == [{"status": "paid"}]
+    assert [row["subject"] for row in query(app, "SELECT subject FROM outbox")] == [
+        f"Your receipt for {product.title}"]

@@ -45,6 +45,31 @@ def test_a_visitors_form_works_with_only_the_signed_csrf_cookie(app, tmp_path, r
     assert response.status_code == 400
 
 
+def test_a_csrf_cookie_not_signed_by_the_shop_is_refused(app, tmp_path):
+    """The double-submit cookie only counts when the shop signed it: a cookie
+    planted with a token of the attacker's choosing (and the form token that
+    matches it) is refused; the same pair with the shop's signature passes."""
+    from itsdangerous import URLSafeTimedSerializer
+    from paydrop.shop import sessions, signing
+
+    add_product(app, tmp_path, slug="field-guide")
+    chosen = secrets.token_hex(20)
+    form_token = URLSafeTimedSerializer(app.config["SECRET_KEY"],
+                                        salt="wtf-csrf-token").dumps(chosen)
+    with app.test_request_context():
+        ours = signing.timed_serializer(sessions._CSRF_SALT).dumps(chosen)
+    theirs = URLSafeTimedSerializer("not-the-shops-key", salt=sessions._CSRF_SALT).dumps(chosen)
+
+    def post_with(cookie):
+        client = app.test_client()
+        client.set_cookie(sessions.CSRF_COOKIE, cookie)
+        return client.post("/checkout/field-guide/setup-intent", json={},
+                           headers={"X-CSRFToken": form_token, "Accept": "application/json"})
+
+    assert post_with(theirs).status_code == 400
+    assert post_with(ours).status_code == 200  # the control: the pair itself is right
+
+
 def test_a_guest_order_moves_the_session_to_redis(app, tmp_path, redis_client, stripe_server):
     add_product(app, tmp_path, slug="field-guide")
     shopper = Shopper(app.test_client(), stripe_server.url)
@@ -77,8 +102,10 @@ def _register(app, email="victim@example.com"):
 
 def test_a_stranger_cannot_lock_an_account_from_one_address(make_app):
     """Once the stranger's address is throttled, their attempts stop counting
-    against the account: the owner, elsewhere, still logs in."""
-    app = make_app({"LOGIN_RATE_LIMIT": "3/300"})
+    against the account: the owner, elsewhere, still logs in. The account's own
+    limit (5) is under the stranger's 12 attempts, so counting them all would
+    lock the owner out (with the default 20 this test could not tell)."""
+    app = make_app({"LOGIN_RATE_LIMIT": "3/300", "LOGIN_ACCOUNT_RATE_LIMIT": "5/300"})
     _register(app)
     stranger = app.test_client()
     statuses = [_login(stranger, "victim@example.com", "guess guess guess", "203.0.113.7")
@@ -89,7 +116,8 @@ def test_a_stranger_cannot_lock_an_account_from_one_address(make_app):
 
 
 def test_successful_logins_never_count_against_the_account(make_app):
-    app = make_app({"LOGIN_RATE_LIMIT": "3/300"})
+    """Six good logins against an account limit of 3: only failures count."""
+    app = make_app({"LOGIN_RATE_LIMIT": "3/300", "LOGIN_ACCOUNT_RATE_LIMIT": "3/300"})
     _register(app)
     for i in range(6):
         client = app.test_client()
@@ -125,6 +153,27 @@ def test_link_reissue_is_capped_per_order(make_app, tmp_path, stripe_server):
                    (order_id,))
     assert grants == [{"n": 3}]  # the first link and two reissues
     assert "no more new links" in messages[-1]
+
+
+def test_link_reissue_is_rate_limited_per_account(make_app, tmp_path, stripe_server):
+    """Under the per-order cap, an account still cannot ask for links faster than
+    LINK_REISSUE_RATE_LIMIT: the request over it is a 429 and mints nothing."""
+    app = make_app({"LINK_REISSUE_LIMIT": "50", "LINK_REISSUE_RATE_LIMIT": "2/3600"})
+    add_product(app, tmp_path, slug="field-guide")
+    _register(app, "reader@example.com")
+    client = app.test_client()
+    assert _login(client, "reader@example.com", PASSWORD, "10.0.0.5").status_code == 302
+    response = Shopper(client, stripe_server.url).buy("field-guide", email=None)
+    order_id = response.get_json()["redirect"].rsplit("/", 1)[1]
+    statuses = []
+    for _ in range(3):
+        token = csrf_from(client.get("/account/orders").get_data(as_text=True))
+        statuses.append(client.post(f"/account/orders/{order_id}/link",
+                                    data={"csrf_token": token}).status_code)
+    assert statuses == [302, 302, 429]
+    grants = query(app, "SELECT count(*) AS n FROM download_grants WHERE order_id = %s",
+                   (order_id,))
+    assert grants == [{"n": 3}]  # the first link and two reissues, none for the refused one
 
 
 def test_a_session_over_its_memory_budget_is_never_stored(app, redis_client):

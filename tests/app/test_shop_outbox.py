@@ -10,7 +10,16 @@ import time
 
 import pytest
 
-from tests.support.shop import Shopper, add_product, create_order, csrf_from, query
+from tests.support.shop import (
+    Shopper,
+    add_product,
+    create_order,
+    csrf_from,
+    event,
+    payment_intent,
+    query,
+    signed,
+)
 from tests.support.smtp import FakeSmtpServer
 
 PASSWORD = "correct horse battery"
@@ -136,3 +145,63 @@ def test_the_worker_fails_abandoned_orders_and_expires_unverified_accounts(make_
               query(app, "SELECT id::text AS id, status FROM orders")}
     assert states == {old.id: "failed", fresh.id: "pending", with_payment.id: "pending"}
     assert query(app, "SELECT id FROM users") == []
+
+
+def test_pages_and_webhooks_never_wait_for_a_slow_mail_server(make_app, mail_env, smtp, tmp_path):
+    """The mail server takes seconds to answer: a sign-up (confirmation mail)
+    and a paying webhook (receipt) answer at once, and both mails still go out
+    off the request. Sending inline, each request would wait for SMTP."""
+    smtp.stall(4)
+    app = make_app(mail_env)
+    product = add_product(app, tmp_path, price=900, currency="usd")
+    order = create_order(app, product, payment_intent_id="pi_slowsmtp000001")
+    client = app.test_client()
+    token = csrf_from(client.get("/account/register").get_data(as_text=True))
+    started = time.monotonic()
+    response = client.post("/account/register", data={
+        "csrf_token": token, "email": "reader@example.com", "password": PASSWORD,
+        "password_confirm": PASSWORD})
+    assert response.status_code == 302
+    assert time.monotonic() - started < 2, "the sign-up waited for the mail server"
+
+    body, headers = signed(event("payment_intent.succeeded", payment_intent(order)))
+    started = time.monotonic()
+    assert app.test_client().post("/api/webhooks/stripe", data=body,
+                                  headers=headers).status_code == 200
+    assert time.monotonic() - started < 2, "the webhook waited for the mail server"
+    assert query(app, "SELECT status FROM orders") == [{"status": "paid"}]
+
+    subjects = sorted(message["Subject"] for message in smtp.wait_for(2, timeout=20))
+    assert subjects[0] == "Confirm your e-mail address"
+    assert subjects[1].startswith("Your receipt")
+
+
+def test_the_receipt_is_written_in_the_paying_transaction(make_app, mail_env, tmp_path,
+                                                          monkeypatch):
+    """When the receipt cannot be queued, the payment is not recorded either
+    (the webhook is a 500 and Stripe retries): an order is never paid without
+    its receipt in the outbox, nor the other way round."""
+    from paydrop.shop import outbox
+
+    app = make_app(mail_env)
+    product = add_product(app, tmp_path, price=900, currency="usd")
+    order = create_order(app, product, payment_intent_id="pi_sametxn0000001")
+    original = outbox.enqueue
+
+    def failing(cur, *args, **kwargs):
+        raise RuntimeError("the outbox insert failed")
+
+    monkeypatch.setattr(outbox, "enqueue", failing)
+    body, headers = signed(event("payment_intent.succeeded", payment_intent(order),
+                                 event_id="evt_sametxn_1"))
+    client = app.test_client()
+    assert client.post("/api/webhooks/stripe", data=body, headers=headers).status_code == 500
+    assert query(app, "SELECT status FROM orders") == [{"status": "pending"}]
+    assert query(app, "SELECT id FROM download_grants") == []
+    assert query(app, "SELECT id FROM outbox") == []
+
+    monkeypatch.setattr(outbox, "enqueue", original)
+    assert client.post("/api/webhooks/stripe", data=body, headers=headers).status_code == 200
+    assert query(app, "SELECT status FROM orders") == [{"status": "paid"}]
+    assert [row["subject"] for row in query(app, "SELECT subject FROM outbox")] == [
+        f"Your receipt for {product.title}"]

@@ -92,3 +92,22 @@ def test_the_card_form_never_claims_no_money_was_taken_on_its_own():
     script = (Path(paydrop.__file__).parent / "static" / "js" / "checkout.js").read_text()
     assert "No money was taken" not in script
     assert "unsettledSetupIntent" in script
+
+
+def test_the_default_budget_fits_inside_the_load_balancers_read_timeout():
+    """nginx gives up on /pay after nginx_proxy_read_timeout and the buyer gets a
+    504; the budget the app runs with (the settings' default: the app role does
+    not change it) must leave the app time to give its own answer first."""
+    from pathlib import Path
+
+    import yaml
+    from paydrop.settings import SETTINGS
+
+    roles = Path(__file__).resolve().parents[2] / "roles"
+    nginx = yaml.safe_load((roles / "nginx" / "defaults" / "main.yml").read_text())
+    read_timeout = int(str(nginx["nginx_proxy_read_timeout"]).removesuffix("s"))
+    [budget] = [int(str(s.default)) for s in SETTINGS if s.name == "STRIPE_PAY_BUDGET_SECONDS"]
+    assert budget + 5 <= read_timeout, (budget, read_timeout)
+    for path in (roles / "app").rglob("*"):
+        if path.is_file():
+            assert "STRIPE_PAY_BUDGET" not in path.read_text(errors="replace"), path

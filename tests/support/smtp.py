@@ -1,7 +1,9 @@
 """A tiny SMTP server that keeps every message it receives (no TLS, no auth).
 
 ``fail_next(n)`` makes it refuse the next ``n`` messages with a temporary
-error (451), as a mail server under load or being restarted does.
+error (451), as a mail server under load or being restarted does;
+``stall(seconds)`` makes it wait that long before greeting each connection, as
+a mail server that accepts connections but answers slowly does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(line.encode() + b"\r\n")
 
     def handle(self) -> None:
+        if self.server.sink.stall_seconds:
+            time.sleep(self.server.sink.stall_seconds)
         self._send("220 fake-smtp ready")
         data_mode = False
         lines: list[bytes] = []
@@ -62,6 +66,7 @@ class _Sink:
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.refused = 0
+        self.stall_seconds = 0.0
         self._failures = 0
         self._cond = threading.Condition()
 
@@ -99,6 +104,9 @@ class FakeSmtpServer:
     def fail_next(self, count: int) -> None:
         with self._server.sink._cond:
             self._server.sink._failures = count
+
+    def stall(self, seconds: float) -> None:
+        self._server.sink.stall_seconds = seconds
 
     @property
     def refused(self) -> int:

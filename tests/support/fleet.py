@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import testinfra
+import yaml
 
 from tests.support import testhosts
 
@@ -31,6 +32,13 @@ APP_HOSTS = ("app1", "app2")
 SECRET_KEY = "test-only-secret-key-for-the-production-scenario-0123456789"
 RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
                    r"\s+failed=(?P<failed>\d+)", re.MULTILINE)
+
+
+def vault_values() -> list[str]:
+    """Every vault value the scenario sets (molecule/production/group_vars/all/test-only.yml)."""
+    values = yaml.safe_load((PROJECT / "molecule" / "production" / "group_vars" / "all" / "test-only.yml")
+                            .read_text())
+    return sorted(value for key, value in values.items() if key.startswith("vault_"))
 
 
 def host(name: str) -> testinfra.host.Host:

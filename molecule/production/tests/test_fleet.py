@@ -126,12 +126,15 @@ def test_a_product_file_downloads_through_either_app_host(name: str, product_tok
 
 def test_a_dry_run_of_site_yml_changes_nothing_and_fails_nowhere() -> None:
     """The app and edge plays, where the release probes live (a whole-fleet dry run passed too,
-    in 5 minutes: more than the suite's budget allows on every run)."""
-    result = fleet.playbook("site.yml", "--check", "--diff", "--tags", "app,lb")
+    in 5 minutes: more than the suite's budget allows on every run). Verbose, with diffs: not one
+    vault value shows in what an operator's terminal (or a CI log) would keep."""
+    result = fleet.playbook("site.yml", "--check", "--diff", "-v", "--tags", "app,lb")
     assert result.returncode == 0, fleet.output(result)
     counts = fleet.recap(result)
     assert set(counts) >= {"lb1", "app1", "app2"}, counts
     assert {h: c["changed"] for h, c in counts.items() if c["changed"]} == {}, fleet.changed_tasks(result)
+    shown = result.stdout + result.stderr
+    assert [secret for secret in fleet.vault_values() if secret in shown] == []
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.support import fleet, scenario, testhosts
 
@@ -37,11 +36,8 @@ TEST_CA_FINDINGS = {
 }
 
 
-SCENARIO_DIR = Path(__file__).resolve().parents[1]
 # Every vault value the scenario sets (molecule/production/group_vars/all/test-only.yml).
-SECRETS = sorted(value for key, value in yaml.safe_load(
-    (SCENARIO_DIR / "group_vars" / "all" / "test-only.yml").read_text()).items()
-    if key.startswith("vault_"))
+SECRETS = fleet.vault_values()
 # Not searched: Docker's image store (the image is checked through docker
 # history/inspect), the kernel's and systemd's virtual trees.
 SKIP_DIRS = ("/proc", "/sys", "/dev", "/run", "/var/lib/docker", "/var/lib/containerd")

@@ -101,8 +101,8 @@ PRODUCTION = [
     Mutation(
         "redis-listen",
         "molecule/production/tests/test_redis.py::test_listens_only_on_loopback_and_the_private_address",
-        "Redis on redis1 also bound to every address (bind 0.0.0.0 added to the config, restarted)",
-        [("redis1", "cp -p /etc/redis/redis.conf /root/redis.bak && sed -i 's/^bind .*/& 0.0.0.0/' "
+        "Redis on redis1 bound to every address (bind 0.0.0.0 -::1 in the config, restarted)",
+        [("redis1", "cp -p /etc/redis/redis.conf /root/redis.bak && sed -i 's/^bind .*/bind 0.0.0.0 -::1/' "
                     "/etc/redis/redis.conf && systemctl restart redis-server")],
         [("redis1", "mv /root/redis.bak /etc/redis/redis.conf "
                     "&& systemctl restart redis-server")], settle=2),
@@ -190,9 +190,9 @@ def run(mutation: Mutation) -> bool:
     if not before:
         mutation.result = {"verdict": "NOT GREEN BEFORE"}
         return False
-    for host, command in mutation.breaks:
-        sh(host, command)
     try:
+        for host, command in mutation.breaks:
+            sh(host, command)
         time.sleep(mutation.settle)
         passed, why, elapsed = pytest(mutation.test)
     finally:

@@ -77,11 +77,12 @@ def test_memory_settings_follow_the_declared_size(db1: Host) -> None:
     assert int(sql(db1, calls)) == before + 1
 
 
-def test_listens_only_on_loopback_and_the_private_address(db1: Host) -> None:
-    private = scenario.private_address(db1)
-    assert sql(db1, "SHOW listen_addresses") == f"127.0.0.1,{private}"
-    listening = db1.check_output("ss -Hltn 'sport = :5432' | awk '{print $4}'").split()
-    assert sorted(listening) == sorted(["127.0.0.1:5432", f"{private}:5432"])
+def test_listens_only_on_loopback_and_the_private_address(db1: Host, db2: Host) -> None:
+    for host in (db1, db2):
+        private = scenario.private_address(host)
+        assert sql(host, "SHOW listen_addresses") == f"127.0.0.1,{private}", host.backend.hostname
+        listening = host.check_output("ss -Hltn 'sport = :5432' | awk '{print $4}'").split()
+        assert sorted(listening) == sorted(["127.0.0.1:5432", f"{private}:5432"]), host.backend.hostname
 
 
 def test_the_app_host_connects_with_tls_and_scram(app1: Host, db1: Host) -> None:

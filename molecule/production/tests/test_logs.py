@@ -21,7 +21,7 @@ Host = testinfra.host.Host
 
 REMOTE_DIR = "/var/log/journal/remote"
 PORT = 19532
-TLS_DIR = "/etc/paydrop-pki/journal"
+TLS_DIR = "/etc/ssl/paydrop-journal"
 FLEET = ("lb1", "app1", "app2", "db1", "db2", "redis1", "mon1")
 # A request reaches mon1 after nginx and the app have logged it and journal-upload
 # has posted it: seconds normally; generous for a busy test machine.
@@ -96,17 +96,18 @@ def test_every_other_host_sends_and_mon1_receives(mon: Host) -> None:
         sender = fleet.host(name)
         assert sender.service("systemd-journal-upload").is_running, name
         assert sender.service("systemd-journal-upload").is_enabled, name
-    # One journal file set per sender, named after its certificate.
-    files = mon.check_output(f"ls {REMOTE_DIR}")
-    missing = [name for name in senders() if name not in files]
+    # One journal file set per sender, named after its address (remote-<address>.journal).
+    files = mon.check_output(f"ls {REMOTE_DIR}").split()
+    missing = [name for name in senders() if f"remote-{fleet.private_address(name)}.journal" not in files]
     assert not missing, (missing, files)
 
 
-def test_keys_are_root_only_and_the_certificates_come_from_the_journal_ca(mon: Host) -> None:
+def test_keys_are_the_services_own_and_the_certificates_come_from_the_journal_ca(mon: Host) -> None:
     for name in ("mon1", *senders()):
         host = fleet.host(name)
         key = host.file(f"{TLS_DIR}/host.key")
-        assert (key.user, key.group, key.mode) == ("root", "root", 0o600), name
+        user = "systemd-journal-remote" if name == "mon1" else "systemd-journal-upload"
+        assert (key.user, key.mode) == (user, 0o600), name
         host.check_output(f"openssl verify -CAfile {TLS_DIR}/ca.crt {TLS_DIR}/host.crt")
     ca_key = mon.file("/etc/paydrop-pki/journal-ca/ca.key")
     assert (ca_key.user, ca_key.mode) == ("root", 0o600)

@@ -115,19 +115,24 @@ def test_keys_are_the_services_own_and_the_certificates_come_from_the_journal_ca
     assert not fleet.host("app1").file("/etc/paydrop-pki/journal-ca").exists
 
 
-def test_the_journal_port_is_open_to_the_fleet_and_refuses_clients_without_a_certificate(mon: Host) -> None:
+def test_the_journal_port_is_open_to_the_fleet_only_and_speaks_tls_with_the_journal_ca(mon: Host) -> None:
     address = fleet.private_address("mon1")
     listening = set(mon.check_output(f"ss -Hltn 'sport = :{PORT}' | awk '{{print $4}}'").split())
     assert listening == {f"{address}:{PORT}"}, listening
     app1 = fleet.host("app1")
     assert tcp_probe(app1, address, PORT) == 0
-    # TLS with the CA but no client certificate: journal-remote refuses the upload
-    # (in the handshake, or with 401 "not signed by recognized authority").
-    anonymous = app1.run(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 --cacert {TLS_DIR}/ca.crt "
-                         f"-H 'Content-Type: application/vnd.fdo.journal' --data-binary @/dev/null "
-                         f"https://{address}:{PORT}/upload")
-    assert anonymous.rc != 0 or anonymous.stdout in {"401", "403"}, (anonymous.rc, anonymous.stdout)
-    # Nothing outside the fleet may connect: the rule names exactly the fleet's addresses.
+    # The senders verify mon1: its certificate chains to the journal CA and names its address;
+    # with the system's CAs only, the same connection fails verification (curl: 60).
+    assert app1.run(f"curl -s -o /dev/null --max-time 10 --cacert {TLS_DIR}/ca.crt https://{address}:{PORT}/").rc == 0
+    assert app1.run(f"curl -s -o /dev/null --max-time 10 https://{address}:{PORT}/").rc == 60
+    # No plain HTTP.
+    assert app1.run(f"curl -s -o /dev/null --max-time 10 http://{address}:{PORT}/upload").rc != 0
+    # Debian 12's journal-remote is built without GnuTLS: it cannot check client
+    # certificates and says so (roles/monitoring/README.md, "Known limits"). The
+    # firewall is what keeps everyone but the fleet out: its rule names exactly
+    # the fleet's addresses. When a Debian release checks them, this line fails
+    # and the README's limit can go.
+    assert "Certificate checking disabled." in mon.check_output("journalctl -u systemd-journal-remote -o cat")
     rules = mon.check_output("nft list table inet paydrop")
     (rule,) = [line for line in rules.splitlines() if f"tcp dport {PORT} " in line]
     sources = set(rule.split("{", 1)[1].split("}", 1)[0].replace(",", " ").split())

@@ -136,10 +136,11 @@ def test_firewall_opens_only_declared_ports(host: testinfra.host.Host) -> None:
     # SSH; nginx's 80 and 443 (from anywhere); PostgreSQL and Redis, declared
     # by their roles for the app and monitoring groups, and the app's slots for
     # the lb and monitoring groups (staging1 itself on the all-in-one); and the
-    # exporters for the monitoring group (node 9100, nginx 9113); and the
+    # exporters for the monitoring group (node 9100, nginx 9113); journal-remote
+    # (19532) for the fleet's hosts (staging1 is its own log server); and the
     # test-only extra rules of molecule/default/host_vars: 5433 names a group
     # without hosts (db_replica), so it stays closed.
-    assert accepted_input_ports(host) == {22, 80, 443, 5432, 6379, 8001, 8002, 8098, 9100, 9109, 9113}
+    assert accepted_input_ports(host) == {22, 80, 443, 5432, 6379, 8001, 8002, 8098, 9100, 9109, 9113, 19532}
 
 
 def test_every_public_listener_is_declared(host: testinfra.host.Host) -> None:

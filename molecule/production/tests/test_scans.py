@@ -101,7 +101,8 @@ DECLARED: dict[str, dict[int, set[str]]] = {
     "app": {8001: {"lb", "monitoring"}, 8002: {"lb", "monitoring"}},
     "db": {5432: {"app", "db", "monitoring"}},
     "redis": {6379: {"app", "monitoring"}},
-    "monitoring": {},
+    # journal-remote: every fleet host sends its journal to mon1.
+    "monitoring": {19532: {"lb", "app", "db", "redis", "monitoring"}},
 }
 EVERY_HOST = {22: {"*"}, 9100: {"monitoring"}}
 

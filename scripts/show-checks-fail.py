@@ -112,7 +112,7 @@ PRODUCTION = [
         "app1's firewall opens TCP 9999 to everyone and a server listens there",
         [("app1", f"nft insert rule inet paydrop input tcp dport 9999 accept comment {NFT_MARK} && "
                   "(setsid nohup python3 -m http.server 9999 >/dev/null 2>&1 &)")],
-        [("app1", f"pkill -f 'http.server 9999'; nft -a list chain inet paydrop input | "
+        [("app1", f"pkill -f 'http[.]server 9999'; nft -a list chain inet paydrop input | "
                   f"awk '/{NFT_MARK}/ {{print $NF}}' | xargs -r -n1 nft delete rule inet paydrop input handle")],
         settle=1),
 ]

@@ -86,7 +86,7 @@ def test_the_scan_sees_a_port_a_firewall_mistake_opens() -> None:
         address = fleet.private_address("app1")
         assert scan([address]) == {address: {22, 9999}}
     finally:
-        app1.run("pkill -f 'http.server 9999'")
+        app1.run("pkill -f 'http[.]server 9999'")
         app1.run(f"nft -a list chain inet paydrop input | awk '/{mark}/ {{print $NF}}' "
                  "| xargs -r -n1 nft delete rule inet paydrop input handle")
     assert scan([address]) == {address: {22}}

@@ -136,14 +136,19 @@ def test_ipv6_clients_are_limited_per_64(make_app):
                   "2001:db8:1:3::1").status_code == 401
 
 
-def test_link_reissue_is_capped_per_order(make_app, tmp_path, stripe_server):
-    app = make_app({"LINK_REISSUE_LIMIT": "2"})
+def _reader_with_an_order(app, tmp_path, stripe_server):
+    """A logged-in account that bought field-guide: its client and the order's id."""
     add_product(app, tmp_path, slug="field-guide")
     _register(app, "reader@example.com")
     client = app.test_client()
     assert _login(client, "reader@example.com", PASSWORD, "10.0.0.5").status_code == 302
     response = Shopper(client, stripe_server.url).buy("field-guide", email=None)
-    order_id = response.get_json()["redirect"].rsplit("/", 1)[1]
+    return client, response.get_json()["redirect"].rsplit("/", 1)[1]
+
+
+def test_link_reissue_is_capped_per_order(make_app, tmp_path, stripe_server):
+    app = make_app({"LINK_REISSUE_LIMIT": "2"})
+    client, order_id = _reader_with_an_order(app, tmp_path, stripe_server)
     messages = []
     for _ in range(4):
         token = csrf_from(client.get("/account/orders").get_data(as_text=True))
@@ -159,12 +164,7 @@ def test_link_reissue_is_rate_limited_per_account(make_app, tmp_path, stripe_ser
     """Under the per-order cap, an account still cannot ask for links faster than
     LINK_REISSUE_RATE_LIMIT: the request over it is a 429 and mints nothing."""
     app = make_app({"LINK_REISSUE_LIMIT": "50", "LINK_REISSUE_RATE_LIMIT": "2/3600"})
-    add_product(app, tmp_path, slug="field-guide")
-    _register(app, "reader@example.com")
-    client = app.test_client()
-    assert _login(client, "reader@example.com", PASSWORD, "10.0.0.5").status_code == 302
-    response = Shopper(client, stripe_server.url).buy("field-guide", email=None)
-    order_id = response.get_json()["redirect"].rsplit("/", 1)[1]
+    client, order_id = _reader_with_an_order(app, tmp_path, stripe_server)
     statuses = []
     for _ in range(3):
         token = csrf_from(client.get("/account/orders").get_data(as_text=True))

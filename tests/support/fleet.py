@@ -34,11 +34,15 @@ RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\
                    r"\s+failed=(?P<failed>\d+)", re.MULTILINE)
 
 
-def vault_values() -> list[str]:
-    """Every vault value the scenario sets (molecule/production/group_vars/all/test-only.yml)."""
+def vault_items() -> dict[str, str]:
+    """Every vault value the scenario sets, by name (molecule/production/group_vars/all/test-only.yml)."""
     values = yaml.safe_load((PROJECT / "molecule" / "production" / "group_vars" / "all" / "test-only.yml")
                             .read_text())
-    return sorted(value for key, value in values.items() if key.startswith("vault_"))
+    return {key: value for key, value in values.items() if key.startswith("vault_")}
+
+
+def vault_values() -> list[str]:
+    return sorted(vault_items().values())
 
 
 def host(name: str) -> testinfra.host.Host:

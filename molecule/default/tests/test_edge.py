@@ -567,6 +567,24 @@ def test_webhook_body_passes_untouched(host: testinfra.host.Host, edge: Edge) ->
     assert seen["headers"]["stripe-signature"] == "t=1,v1=x"
 
 
+def test_a_body_over_the_limit_is_refused_and_nothing_is_compressed(host: testinfra.host.Host, edge: Edge) -> None:
+    """nginx_client_max_body_size (1 MB): a 2 MB body is nginx's 413 and never reaches the app,
+    while a small one passes. gzip is off (BREACH: secrets in compressed HTTPS pages leak through
+    their length): asked for gzip, the answer comes uncompressed."""
+    octets = {"Content-Type": "application/octet-stream"}
+    with fake_app(host):
+        big = edge("POST", "/edge-probe/body", data=b"x" * (2 * 1024 * 1024), headers=octets)
+        small = edge("POST", "/edge-probe/body", data=b"x" * 1000, headers=octets)
+        asked = edge("GET", "/edge-probe/page", headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert big.status == 413
+    assert "color" not in big.body
+    assert small.status == 200
+    assert json.loads(small.body)["body_sha256"] == hashlib.sha256(b"x" * 1000).hexdigest()
+    assert asked.status == 200
+    assert "content-encoding" not in asked.headers
+    assert json.loads(asked.body)["path"] == "/edge-probe/page"
+
+
 # --- blue-green switch ---------------------------------------------------------------------
 
 

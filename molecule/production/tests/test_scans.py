@@ -216,17 +216,22 @@ def test_the_scan_knows_the_secrets() -> None:
     assert len(SECRETS) >= 10 and all(len(secret) >= 8 for secret in SECRETS), SECRETS
 
 
-@pytest.mark.parametrize("name", HOSTS)
-def test_no_secret_in_a_file_other_users_can_read(name: str) -> None:
+def files_holding(name: str, secrets: list[str]) -> list[str]:
+    """`mode owner group path` of every file on the host that holds one of the secrets."""
     host = fleet.host(name)
-    host.check_output("printf '%%s\\n' %s > /root/.scan-secrets", "\n".join(SECRETS))
+    host.check_output("printf '%%s\\n' %s > /root/.scan-secrets", "\n".join(secrets))
     try:
         prune = " -o ".join(f"-path {d}" for d in SKIP_DIRS)
-        found = host.check_output(
+        return host.check_output(
             f"find / \\( {prune} \\) -prune -o -type f ! -path /root/.scan-secrets -print0 "
             "| xargs -0 grep -lsF -f /root/.scan-secrets | xargs -r stat -c '%a %U %G %n'").splitlines()
     finally:
         host.run("rm -f /root/.scan-secrets")
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_no_secret_in_a_file_other_users_can_read(name: str) -> None:
+    found = files_holding(name, SECRETS)
     readable = []
     for line in found:
         mode, owner, group, path = line.split(" ", 3)
@@ -236,6 +241,14 @@ def test_no_secret_in_a_file_other_users_can_read(name: str) -> None:
             readable.append(line)
     assert readable == [], readable
     print(f"{name}: files holding secrets:", found)
+
+
+@pytest.mark.parametrize("name", [name for name in HOSTS if not name.startswith("db")])
+def test_backup_credentials_live_on_the_database_hosts_only(name: str) -> None:
+    """A compromised app (or any other) host holds nothing that reads or deletes the off-site backups."""
+    backup = [value for key, value in fleet.vault_items().items() if key.startswith("vault_postgres_pgbackrest_")]
+    assert len(backup) == 3
+    assert files_holding(name, backup) == []
 
 
 @pytest.mark.parametrize("name", HOSTS)

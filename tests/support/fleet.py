@@ -54,9 +54,10 @@ def inventory() -> str:
     return str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
 
 
-def playbook(name: str, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
+def playbook(name: str, *args: str, timeout: int = 1200,
+             inventory_dir: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ansible-playbook", "-i", inventory(), str(PLAYBOOKS / name), *args],
+        ["ansible-playbook", "-i", inventory_dir or inventory(), str(PLAYBOOKS / name), *args],
         capture_output=True, text=True, timeout=timeout, check=False,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
 
@@ -130,9 +131,10 @@ def build_release(version: str, broken_on: tuple[str, ...] = ()) -> None:
         host(name).check_output("printf %s | docker build -q -t paydrop:%s -", dockerfile, version)
 
 
-def sql(query: str) -> str:
+def sql(query: str, on: str = "db1") -> str:
+    """Run one query in the shop's database as the postgres superuser (on db1 unless told)."""
     cmd = f"runuser -u postgres -- psql -X -At -v ON_ERROR_STOP=1 -d paydrop -c {shlex.quote(query)}"
-    return host("db1").check_output(cmd).strip()
+    return host(on).check_output(cmd).strip()
 
 
 def download_token(slug: str, max_downloads: int = 1000000) -> str:

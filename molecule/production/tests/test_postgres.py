@@ -281,8 +281,9 @@ def test_a_replica_without_standby_signal_is_left_alone(db1: Host, db2: Host) ->
     try:
         rc, output = site("--limit", "db2")
         assert rc != 0
-        assert (f"db2 is in db_replica but {DATA_DIR} holds a cluster that is not a standby "
-                "(no standby.signal)") in output
+        # Refused by the preflight, before any host changed, naming the way out.
+        assert "db2 is in db_replica but its cluster is not a standby: it was promoted" in output
+        assert "failover.yml -e rejoin=db1" in output
         # Not started (it would run as a second primary), not cloned over.
         assert not db2.service("postgresql@15-main").is_running
         assert db2.check_output(f"sha256sum {DATA_DIR}/global/pg_control") == control

@@ -23,6 +23,7 @@ Destructive (restores db1, then loses it): runs last (conftest.py orders it).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import threading
@@ -304,6 +305,45 @@ def test_a_dropped_table_is_restored_to_the_moment_before(writer: Writer) -> Non
                f"{sum(1 for a in prober.answers if a[1] == 0)} requests without an answer")
     print(figures)
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    with Path(FIGURES).open("a") as handle:
+        handle.write(figures + "\n")
+
+
+BAD = "0.1.0-molecule-bad-migration"
+BAD_MIGRATION = "UPDATE orders SET email = 'overwritten@bad-migration.invalid';"
+ORDERS_FINGERPRINT = "SELECT count(*) || ':' || md5(coalesce(string_agg(id || email, ',' ORDER BY id), '')) FROM orders"
+
+
+def test_a_bad_migration_is_undone_by_restoring_the_releases_restore_point() -> None:
+    """The runbook's "A release's migration broke data": a release whose migration overwrites
+    every order's e-mail is deployed, rolled back, and restore.yml returns the database to the
+    restore point deploy.yml marked before that migration."""
+    dockerfile = (f"FROM paydrop:{fleet.FIRST}\nENV APP_VERSION={BAD}\nUSER root\n"
+                  "RUN d=$(echo /opt/paydrop/lib/python3*/site-packages/paydrop/migrations) "
+                  f"&& printf '%s\\n' \"{BAD_MIGRATION}\" > \"$d/0999_bad.sql\"\nUSER 10001:10001\n")
+    for name in fleet.APP_HOSTS:
+        fleet.host(name).check_output("printf %s | docker build -q -t paydrop:%s -", dockerfile, BAD)
+    before = fleet.sql(ORDERS_FINGERPRINT)
+
+    deploy = fleet.playbook("deploy.yml", "-e", f"app_version={BAD}")
+    assert deploy.returncode == 0, fleet.output(deploy)
+    point = re.search(r"restore\.yml -e restore_point=(before-\S+)", fleet.output(deploy, tail=100000))
+    assert point, "deploy.yml did not print its restore point"
+    assert fleet.sql("SELECT count(*) FROM orders WHERE email <> 'overwritten@bad-migration.invalid'") == "0"
+
+    rollback = fleet.playbook("deploy.yml", "--tags", "rollback")
+    assert rollback.returncode == 0, fleet.output(rollback)
+    started = time.monotonic()
+    restore = fleet.playbook("restore.yml", "-e", f"restore_point={point[1]}", "-e", "confirm_restore=yes")
+    seconds = time.monotonic() - started
+    assert restore.returncode == 0, fleet.output(restore, tail=8000)
+    assert fleet.sql(ORDERS_FINGERPRINT) == before
+    assert fleet.sql("SELECT max(version) FROM schema_migrations") != "999"
+    with lb_pool() as pool:
+        assert pool.request("GET", "/api/health/ready", headers={"Host": fleet.SERVER_NAME}).status == 200
+    figures = (f"drill, bad migration in release {BAD}: rolled back, then restore.yml to {point[1]} "
+               f"in {seconds:.0f} s: {before.split(':')[0]} orders as they were before the release")
+    print(figures)
     with Path(FIGURES).open("a") as handle:
         handle.write(figures + "\n")
 

@@ -348,6 +348,28 @@ def test_a_bad_migration_is_undone_by_restoring_the_releases_restore_point() -> 
         handle.write(figures + "\n")
 
 
+def test_the_off_site_copy_alone_restores_the_database() -> None:
+    """Drill step 4, on the existing db1: its local repository is gone (as with the primary's disk);
+    restore.yml -e restore_repo=2 brings back the newest state from the off-site copy alone, and
+    the local repository starts again (stanza created, archiving checked)."""
+    before = fleet.sql(ORDERS_FINGERPRINT)
+    fleet.host("db1").check_output("find /var/lib/pgbackrest -mindepth 1 -delete")
+    started = time.monotonic()
+    restore = fleet.playbook("restore.yml", "-e", "restore_repo=2", "-e", "confirm_restore=yes")
+    seconds = time.monotonic() - started
+    assert restore.returncode == 0, fleet.output(restore, tail=8000)
+    assert "repo2" in fleet.output(restore, tail=100000)
+    assert fleet.sql(ORDERS_FINGERPRINT) == before
+    repos = {repo["key"]: repo["status"]["code"] for repo in pgbackrest_info()[0]["repo"]}
+    assert repos.get(2) == 0 and 1 in repos, repos
+    fleet.host("db1").check_output("runuser -u postgres -- pgbackrest --stanza=paydrop check")
+    figures = (f"drill, local repository deleted, restore.yml -e restore_repo=2: the newest state "
+               f"({before.split(':')[0]} orders, all there) in {seconds:.0f} s from the off-site copy alone")
+    print(figures)
+    with Path(FIGURES).open("a") as handle:
+        handle.write(figures + "\n")
+
+
 @dataclass
 class Payer(Background):
     """Stripe paying pending orders: a signed payment_intent.succeeded through lb1 every `interval`

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shlex
 import subprocess
 import threading
@@ -430,15 +431,18 @@ def test_failover_refuses_to_leave_two_primaries() -> None:
 
 
 def test_a_lost_primary_is_replaced_and_rejoins_as_a_replica(tmp_path: Path) -> None:
-    count = 400
+    count, run = 400, secrets.token_hex(4)
     rows = fleet.sql(
         "INSERT INTO orders (product_id, amount, currency, email, checkout_mode, status, stripe_payment_intent_id) "
         "SELECT p.id, p.price_amount, p.currency, 'failover@paydrop.test', 'payment_intent', 'pending', "
-        f"'pi_failover_' || g FROM (SELECT * FROM products ORDER BY id LIMIT 1) p, generate_series(1, {count}) g "
-        "RETURNING id, stripe_payment_intent_id, amount, currency")
-    orders = [(o, i, int(a), c) for o, i, a, c in (line.split("|") for line in rows.splitlines())]
-    scenario.wait_until(lambda: fleet.sql("SELECT count(*) FROM orders WHERE email = 'failover@paydrop.test'",
-                                          on="db2") == str(count), "db2 holding the pending orders", timeout=30)
+        f"'pi_failover_{run}_' || g FROM (SELECT * FROM products ORDER BY id LIMIT 1) p, "
+        f"generate_series(1, {count}) g RETURNING id, stripe_payment_intent_id, amount, currency")
+    # psql prints the rows, then the command tag ("INSERT 0 400").
+    orders = [(o, i, int(a), c) for o, i, a, c in (line.split("|") for line in rows.splitlines() if "|" in line)]
+    assert len(orders) == count, rows[-200:]
+    scenario.wait_until(
+        lambda: fleet.sql(f"SELECT count(*) FROM orders WHERE stripe_payment_intent_id LIKE 'pi_failover_{run}_%'",
+                          on="db2") == str(count), "db2 holding the pending orders", timeout=30)
     payer = Payer(orders=orders).start()
     try:
         scenario.wait_until(lambda: sum(1 for a in payer.answers if a[2] == 200) >= 10, "10 payments acknowledged",
@@ -470,7 +474,7 @@ def test_a_lost_primary_is_replaced_and_rejoins_as_a_replica(tmp_path: Path) -> 
     assert set(statuses) <= {200}, statuses
     assert orders_present(sorted(sent), "status = 'paid'", on="db2") == sent
     grants = fleet.sql("SELECT count(*), count(DISTINCT g.order_id) FROM download_grants g JOIN orders o "
-                       "ON o.id = g.order_id WHERE o.email = 'failover@paydrop.test'", on="db2")
+                       f"ON o.id = g.order_id WHERE o.stripe_payment_intent_id LIKE 'pi_failover_{run}_%'", on="db2")
     assert grants == f"{len(sent)}|{len(sent)}", grants
 
     # The new primary archives to the off-site repository, on its new timeline.

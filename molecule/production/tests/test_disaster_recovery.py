@@ -22,6 +22,7 @@ Destructive (restores db1, then loses it): runs last (conftest.py orders it).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -322,8 +323,9 @@ def test_a_bad_migration_is_undone_by_restoring_the_releases_restore_point() -> 
     dockerfile = (f"FROM paydrop:{fleet.FIRST}\nENV APP_VERSION={BAD}\nUSER root\n"
                   "RUN d=$(echo /opt/paydrop/lib/python3*/site-packages/paydrop/migrations) "
                   f"&& printf '%s\\n' \"{BAD_MIGRATION}\" > \"$d/0999_bad.sql\"\nUSER 10001:10001\n")
+    encoded = base64.b64encode(dockerfile.encode()).decode()
     for name in fleet.APP_HOSTS:
-        fleet.host(name).check_output("printf %s | docker build -q -t paydrop:%s -", dockerfile, BAD)
+        fleet.host(name).check_output("echo %s | base64 -d | docker build -q -t paydrop:%s -", encoded, BAD)
     before = fleet.sql(ORDERS_FINGERPRINT)
 
     deploy = fleet.playbook("deploy.yml", "-e", f"app_version={BAD}")
@@ -376,6 +378,7 @@ class Payer(Background):
     """Stripe paying pending orders: a signed payment_intent.succeeded through lb1 every `interval`
     seconds, one order after another; records (time, order id, HTTP status or 0)."""
 
+    secret: str = ""
     orders: list[tuple[str, str, int, str]] = field(default_factory=list)
     interval: float = 0.5
     answers: list[tuple[float, str, int]] = field(default_factory=list)
@@ -385,7 +388,7 @@ class Payer(Background):
         event = shop.event("payment_intent.succeeded", {
             "id": intent_id, "object": "payment_intent", "amount": amount, "currency": currency,
             "status": "succeeded", "metadata": {"order_id": order_id}, "latest_charge": f"ch_{intent_id}"})
-        body, headers = shop.signed(event, secret=fleet.vault_items()["vault_app_stripe_webhook_secret"])
+        body, headers = shop.signed(event, secret=self.secret)
         try:
             response = pool.request("POST", "/api/webhooks/stripe", body=body.encode(),
                                     headers={**headers, "Host": fleet.SERVER_NAME}, redirect=False)
@@ -443,14 +446,18 @@ def test_a_lost_primary_is_replaced_and_rejoins_as_a_replica(tmp_path: Path) -> 
     scenario.wait_until(
         lambda: fleet.sql(f"SELECT count(*) FROM orders WHERE stripe_payment_intent_id LIKE 'pi_failover_{run}_%'",
                           on="db2") == str(count), "db2 holding the pending orders", timeout=30)
-    payer = Payer(orders=orders).start()
+    # The signing secret the shop has now (test_zero_downtime rotated it): the operator's vault holds
+    # it, so the playbooks below get it too.
+    secret = fleet.host("app1").check_output("cat /etc/paydrop/secrets/stripe-webhook-secret")
+    vault = ["-e", f"vault_app_stripe_webhook_secret={secret}"]
+    payer = Payer(secret=secret, orders=orders).start()
     try:
         scenario.wait_until(lambda: sum(1 for a in payer.answers if a[2] == 200) >= 10, "10 payments acknowledged",
                             timeout=60, interval=0.5)
         # The incident: db1 is gone (power cut), mid-stream.
         killed = time.time()
         subprocess.run(["docker", "kill", testhosts.container("db1")], check=True, capture_output=True)
-        result = fleet.playbook("failover.yml", "-e", "promote=db2")
+        result = fleet.playbook("failover.yml", "-e", "promote=db2", *vault)
         assert result.returncode == 0, fleet.output(result, tail=8000)
         scenario.wait_until(lambda: any(t > killed and s == 200 for t, _, s in payer.answers),
                             "a payment acknowledged after the failover", timeout=60, interval=0.5)
@@ -470,7 +477,7 @@ def test_a_lost_primary_is_replaced_and_rejoins_as_a_replica(tmp_path: Path) -> 
     sent = {o for _, o, _ in payer.answers}
     retry = [order for order in orders if order[0] in sent and order[0] not in paid]
     with lb_pool() as pool:
-        statuses = [Payer().deliver(pool, order) for order in retry]
+        statuses = [Payer(secret=secret).deliver(pool, order) for order in retry]
     assert set(statuses) <= {200}, statuses
     assert orders_present(sorted(sent), "status = 'paid'", on="db2") == sent
     grants = fleet.sql("SELECT count(*), count(DISTINCT g.order_id) FROM download_grants g JOIN orders o "
@@ -495,7 +502,7 @@ def test_a_lost_primary_is_replaced_and_rejoins_as_a_replica(tmp_path: Path) -> 
 
     # The operator edits the inventory; db1 rejoins as db2's replica.
     rejoined_at = time.monotonic()
-    rejoin = fleet.playbook("failover.yml", "-e", "rejoin=db1", inventory_dir=swapped_inventory(tmp_path))
+    rejoin = fleet.playbook("failover.yml", "-e", "rejoin=db1", *vault, inventory_dir=swapped_inventory(tmp_path))
     assert rejoin.returncode == 0, fleet.output(rejoin, tail=8000)
     rejoin_seconds = time.monotonic() - rejoined_at
     scenario.wait_until(

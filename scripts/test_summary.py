@@ -37,6 +37,9 @@ class Counts:
     failed: int = 0
     skipped: int = 0
     skipped_ids: list[str] = field(default_factory=list)
+    # Each failed test and the first line of its message: the closing lines are all
+    # that a CI log's tail may show, so they name what failed.
+    failed_ids: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -57,8 +60,13 @@ def case_id(case: ET.Element) -> str:
 def count(root: ET.Element) -> Counts:
     counts = Counts()
     for case in root.iter("testcase"):
-        if case.find("failure") is not None or case.find("error") is not None:
+        problem = case.find("failure")
+        if problem is None:
+            problem = case.find("error")
+        if problem is not None:
             counts.failed += 1
+            message = (problem.get("message") or problem.text or "").strip().splitlines()
+            counts.failed_ids.append(f"{case_id(case)}: {message[0][:300] if message else '(no message)'}")
         elif case.find("skipped") is not None:
             counts.skipped += 1
             counts.skipped_ids.append(case_id(case))
@@ -156,6 +164,8 @@ def summarise(junit_dir: Path, expected: list[str], waivers_file: Path) -> int:
         counts = count(report_root)
         print(f"    report {report:<32} {counts.passed:>5} passed {counts.failed:>3} failed "
               f"{counts.skipped:>3} skipped")
+        for failed in counts.failed_ids:
+            print(f"      failed {failed}")
         if counts.total == 0:
             problems.append(f"step {name}: its report {report} holds zero tests")
             totals.failed += 1
@@ -172,6 +182,8 @@ def summarise(junit_dir: Path, expected: list[str], waivers_file: Path) -> int:
         counts = count(root)
         print(f"    report {other.name:<32} {counts.passed:>5} passed {counts.failed:>3} failed "
               f"{counts.skipped:>3} skipped (no step claims it)")
+        for failed in counts.failed_ids:
+            print(f"      failed {failed}")
         add(counts)
 
     print(f"Allowed skips ({waivers_file}):" + ("" if waivers else " none"))

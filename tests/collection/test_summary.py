@@ -34,6 +34,13 @@ SKIPPING_REPORT = (
     '<skipped type="pytest.skip" message="no chromium"/></testcase>'
     "</testsuite></testsuites>"
 )
+FAILING_REPORT = (
+    '<testsuites><testsuite name="pytest" tests="2">'
+    '<testcase classname="tests.test_disaster_recovery" name="test_ok" time="0.1"/>'
+    '<testcase classname="tests.test_disaster_recovery" name="test_failover" time="9.0">'
+    '<failure message="AssertionError: 3 acknowledged payments missing on db2&#10;assert ...">tb</failure>'
+    "</testcase></testsuite></testsuites>"
+)
 EMPTY_REPORT = '<testsuites><testsuite name="pytest" tests="0"/></testsuites>'
 
 
@@ -70,6 +77,18 @@ def test_every_step_and_report_present_passes(junit: Path) -> None:
     # Per-step times are printed.
     assert any(line.split()[:2] == ["step", "lint"] and line.split()[2].endswith("s")
                for line in done.stdout.splitlines())
+
+
+def test_a_failed_test_is_named_with_its_message(junit: Path) -> None:
+    """A CI log may show only the tail: the summary names each failed test, first line of its message."""
+    step(junit, "molecule-production", "sh", "-c",
+         f"printf '%s' '{FAILING_REPORT}' > {junit}/molecule-production.xml; exit 1", report="molecule-production.xml")
+    done = summary(junit, "molecule-production")
+    assert done.returncode == 1
+    assert ("      failed tests.test_disaster_recovery::test_failover: "
+            "AssertionError: 3 acknowledged payments missing on db2") in done.stdout.splitlines()
+    assert "test_ok" not in done.stdout
+    assert last_line(done) == "1 passed, 2 failed, 0 skipped"
 
 
 def test_a_missing_step_fails(junit: Path) -> None:

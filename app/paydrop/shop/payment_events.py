@@ -233,10 +233,9 @@ HANDLERS: dict[str, Handler] = {
 
 
 def apply(cur: Any, event_id: str, event_type: str, obj: dict[str, Any]) -> Outcome:
-    """Run the handler; park the event or mark it processed."""
+    """Run the handler; park the event if it must wait (``stripe_events.record``
+    wrote it processed)."""
     outcome = HANDLERS[event_type](cur, obj)
     if outcome.parked:
         stripe_events.park(cur, event_id, obj)
-    else:
-        stripe_events.mark_processed(cur, event_id)
     return outcome

@@ -312,6 +312,7 @@ def test_a_dropped_table_is_restored_to_the_moment_before(writer: Writer) -> Non
 
 
 BAD = "0.1.0-molecule-bad-migration"
+FIXED = "0.1.0-molecule-fixed"
 BAD_MIGRATION = "UPDATE orders SET email = 'overwritten@bad-migration.invalid';"
 ORDERS_FINGERPRINT = "SELECT count(*) || ':' || md5(coalesce(string_agg(id || email, ',' ORDER BY id), '')) FROM orders"
 
@@ -344,6 +345,12 @@ def test_a_bad_migration_is_undone_by_restoring_the_releases_restore_point() -> 
     assert fleet.sql("SELECT max(version) FROM schema_migrations") != "999"
     with lb_pool() as pool:
         assert pool.request("GET", "/api/health/ready", headers={"Host": fleet.SERVER_NAME}).status == 200
+    # The bad release still sits in the idle slot, and can never be ready again (its migration was
+    # undone): the fix is released over it, as the runbook says.
+    fleet.build_release(FIXED)
+    fixed = fleet.playbook("deploy.yml", "-e", f"app_version={FIXED}")
+    assert fixed.returncode == 0, fleet.output(fixed)
+    assert {fleet.state(name)["slots"][fleet.state(name)["active"]] for name in fleet.APP_HOSTS} == {FIXED}
     figures = (f"drill, bad migration in release {BAD}: rolled back, then restore.yml to {point[1]} "
                f"in {seconds:.0f} s: {before.split(':')[0]} orders as they were before the release")
     print(figures)

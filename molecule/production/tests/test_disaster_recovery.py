@@ -441,7 +441,8 @@ def test_failover_refuses_to_leave_two_primaries() -> None:
 
 
 def test_a_lost_primary_is_replaced_and_rejoins_as_a_replica(tmp_path: Path) -> None:
-    count, run = 400, secrets.token_hex(4)
+    # Enough for 500 s of payments at 2 a second: the failover under CI load fits well inside.
+    count, run = 1000, secrets.token_hex(4)
     rows = fleet.sql(
         "INSERT INTO orders (product_id, amount, currency, email, checkout_mode, status, stripe_payment_intent_id) "
         "SELECT p.id, p.price_amount, p.currency, 'failover@paydrop.test', 'payment_intent', 'pending', "

@@ -44,6 +44,8 @@ import yaml
 from tests.support import fleet, scenario, shop, testhosts
 
 FIGURES = fleet.PROJECT / "build" / "drill-figures.txt"
+# pgbackrest info's repository status codes that are not errors: 0 ok, 2 no valid backups (yet).
+NO_ERROR = (0, 2)
 
 
 def pgbackrest_info() -> list[dict[str, Any]]:
@@ -60,7 +62,9 @@ def test_the_off_site_repository_gets_the_wal_archive(db1: testinfra.host.Host) 
     db1.check_output("runuser -u postgres -- pgbackrest --stanza=paydrop check")
     repos = {repo["key"]: repo for repo in pgbackrest_info()[0]["repo"]}
     assert set(repos) == {1, 2}, repos
-    assert all(repo["status"]["code"] == 0 for repo in repos.values()), repos
+    # The check above proved the WAL reached both. Status 0 is ok; 2 is "no valid backups" (the
+    # first scheduled backup to that repository may not have run yet: CI failed on it twice).
+    assert all(repo["status"]["code"] in NO_ERROR for repo in repos.values()), repos
     # Encrypted before it leaves db1: the moto bucket holds no readable WAL header.
     config = db1.file("/etc/pgbackrest/pgbackrest.conf").content_string
     assert "repo2-cipher-type=aes-256-cbc" in config
@@ -75,7 +79,8 @@ def test_the_replica_is_ready_to_archive_off_site_when_promoted(db1: testinfra.h
     assert (config.user, config.group, config.mode) == ("root", "postgres", 0o640)
     assert "repo2-type=s3" in config.content_string and "repo1-" not in config.content_string
     info = json.loads(db2.check_output("runuser -u postgres -- pgbackrest --stanza=paydrop --output=json info"))
-    assert [(repo["key"], repo["status"]["code"]) for repo in info[0]["repo"]] == [(2, 0)], info[0]["repo"]
+    assert [repo["key"] for repo in info[0]["repo"]] == [2], info[0]["repo"]
+    assert info[0]["repo"][0]["status"]["code"] in NO_ERROR, info[0]["repo"]
     assert db2.check_output("runuser -u postgres -- psql -X -At -c 'SHOW archive_mode'") == "on"
     key = "/etc/paydrop-pki/postgres-ca/ca.key"
     assert (db2.file(key).user, db2.file(key).mode) == ("root", 0o600)

@@ -224,10 +224,7 @@ class Prober(Background):
     answers: list[tuple[float, int, bool, str]] = field(default_factory=list)
 
     def _run(self) -> None:
-        pool = urllib3.HTTPSConnectionPool(
-            "127.0.0.1", fleet.published_https_port(), server_hostname=fleet.SERVER_NAME,
-            assert_hostname=fleet.SERVER_NAME, cert_reqs="CERT_REQUIRED", ca_certs=str(fleet.CA_FILE),
-            timeout=urllib3.Timeout(connect=5, read=10), retries=False)
+        pool = lb_pool(read_timeout=10)
         while not self._stop.is_set():
             try:
                 response = pool.request("GET", "/", headers={"Host": fleet.SERVER_NAME}, redirect=False)
@@ -417,11 +414,12 @@ class Payer(Background):
                 self._stop.wait(self.interval)
 
 
-def lb_pool() -> urllib3.HTTPSConnectionPool:
+def lb_pool(read_timeout: float = 20) -> urllib3.HTTPSConnectionPool:
+    """HTTPS to the shop through lb1's loopback port, verified against the scenario's ACME root."""
     return urllib3.HTTPSConnectionPool(
         "127.0.0.1", fleet.published_https_port(), server_hostname=fleet.SERVER_NAME,
         assert_hostname=fleet.SERVER_NAME, cert_reqs="CERT_REQUIRED", ca_certs=str(fleet.CA_FILE),
-        timeout=urllib3.Timeout(connect=5, read=20), retries=False)
+        timeout=urllib3.Timeout(connect=5, read=read_timeout), retries=False)
 
 
 def swapped_inventory(directory: Path) -> str:

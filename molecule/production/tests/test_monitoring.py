@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -134,6 +135,8 @@ def expected_targets() -> dict[str, set[str]]:
         "postgres": set(names_of("db_primary") + names_of("db_replica")),
         "redis": set(names_of("redis")),
         "blackbox": {f"{url}/", f"{url}/api/health/ready"},
+        # The exporter answers for each slot (the probe's result is probe_success).
+        "checkout": {f"{name}/{colour}" for name in names_of("app") for colour in SLOT_PORTS},
     }
 
 
@@ -183,6 +186,9 @@ def test_the_exporters_report_what_the_alerts_read(mon: Host) -> None:
         'count(paydrop_http_requests_total{job="app"})': lambda v: v > 0,
         f'count(node_textfile_scrape_error{{instance="{primary}"}} == 0)': lambda v: v == 1,
     }
+    # Every app host can take a payment: its live slot reports Stripe healthy.
+    for name in names_of("app"):
+        checks[f'max(probe_success{{job="checkout", instance="{name}"}})'] = lambda v: v == 1
     for promql, ok in checks.items():
         scenario.wait_until(lambda q=promql, good=ok: (v := value(q)) is not None and good(v),
                             promql, timeout=90, interval=2)
@@ -228,6 +234,32 @@ def test_stopping_the_app_on_a_host_fires_and_resolves_its_alert_at_the_receiver
                                 timeout=120, interval=1)
     scenario.wait_until(lambda: delivered(mon, "AppHostDown", name, "resolved"),
                         f"AppHostDown for {name} resolved at the receiver", timeout=60 + MARGIN)
+
+
+def test_stripe_unreachable_fires_the_checkout_alert_while_the_shop_still_serves(mon: Host) -> None:
+    """Stripe (the scenario's emulator) paused: every app host's checkout alert
+    fires, and the public probes stay green, because a slow Stripe must not take
+    the shop out of the load balancer."""
+    stripe = f"stripe-{testhosts.checkout_id()}"
+    apps = set(names_of("app"))
+
+    def checkout_firing() -> set[str]:
+        return {labels["instance"] for labels in firing(mon, "CheckoutUnavailable")}
+
+    assert not checkout_firing(), "CheckoutUnavailable fires before Stripe is paused"
+    # Stripe re-checked every 10 s (app_extra_env), its 2 s timeout, the alert's `for`.
+    subprocess.run(["docker", "pause", stripe], check=True, capture_output=True)
+    try:
+        paused = time.monotonic()
+        scenario.wait_until(lambda: checkout_firing() >= apps, f"CheckoutUnavailable firing for {sorted(apps)}",
+                            timeout=12 + ALERT_FOR + MARGIN, interval=1)
+        print(f"\nCheckoutUnavailable firing for every app host {time.monotonic() - paused:.0f} s after Stripe paused")
+        public = query(mon, 'probe_success{job="blackbox"}')
+        assert public and all(float(series["value"][1]) == 1 for series in public), public
+        assert not firing(mon, "SiteDown")
+    finally:
+        subprocess.run(["docker", "unpause", stripe], check=True, capture_output=True)
+    scenario.wait_until(lambda: not checkout_firing(), "CheckoutUnavailable resolved", timeout=60, interval=1)
 
 
 def redis_admin(redis: Host, *command: str) -> str:

@@ -102,6 +102,8 @@ MUTATIONS = [
     ("hosts.yml", "DiskFillingUp", "24 * 3600", "12 * 3600"),
     ("app.yml", "AppHighErrorRate", "> 0.05", "> 0.1"),
     ("availability.yml", "CertificateExpiringSoon", "< 20", "< 14"),
+    ("availability.yml", "CheckoutUnavailable", "max by (instance)", "min by (instance)"),
+    ("backups.yml", "AssetsBackupTooOld", "> 9 * 3600", "> 10 * 3600"),
 ]
 
 

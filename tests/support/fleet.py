@@ -137,6 +137,31 @@ def sql(query: str, on: str = "db1") -> str:
     return host(on).check_output(cmd).strip()
 
 
+def add_product(slug: str, size: int, title: str = "Fleet field notes") -> str:
+    """A product whose file (`size` random bytes) app1 stores in the shop's bucket,
+    unless one with this slug exists; the sha256 of the file app1 keeps."""
+    app1 = host("app1")
+    color = state("app1")["active"]
+    path = f"/var/lib/paydrop/assets/{slug}.bin"
+    if not app1.file(path).exists:
+        app1.check_output(f"head -c {int(size)} /dev/urandom > {path} && chown 10001:10001 {path}")
+    if slug not in app1.check_output(f"docker exec paydrop-{color} paydrop products list"):
+        app1.check_output(f"docker exec paydrop-{color} paydrop products add --slug {shlex.quote(slug)} "
+                          f"--title {shlex.quote(title)} --price 1.00 --file {path}")
+    return app1.check_output(f"sha256sum < {path}").split()[0]
+
+
+def download(token: str, through: str = "app1") -> tuple[str, str]:
+    """GET /downloads/<token> from lb1 (the firewall lets it reach the slots) on `through`'s
+    active slot: "<status> <bytes>" and the sha256 of what came."""
+    port = 8001 if state(through)["active"] == "blue" else 8002
+    out = host("lb1").check_output(
+        f"curl -s -o /tmp/fleet-download -w '%{{http_code}} %{{size_download}}' "
+        f"-H 'Host: {SERVER_NAME}' -H 'X-Forwarded-Proto: https' "
+        f"http://{private_address(through)}:{port}/downloads/{token}")
+    return out, host("lb1").check_output("sha256sum < /tmp/fleet-download").split()[0]
+
+
 def download_token(slug: str, max_downloads: int = 1000000) -> str:
     """A paid order for `slug` with a grant that allows many downloads; the token that names it."""
     from itsdangerous import URLSafeSerializer

@@ -102,6 +102,48 @@ def test_backup_yml_backs_up_to_both_repositories_and_says_where() -> None:
         assert f'repo="{repo}",type="incr"' in prom, prom
 
 
+ASSETS_SLUG = "drill-assets"
+ASSETS_BUCKET = "paydrop-assets"
+ASSETS_METRICS = "/var/lib/prometheus/node-exporter/paydrop_assets_backup.prom"
+
+
+def rclone(*args: str) -> str:
+    """rclone on app1 with the backup's remotes (`files:` the shop's bucket, `backup:`) from its env file."""
+    command = " ".join(shlex.quote(arg) for arg in args)
+    return fleet.host("app1").check_output(
+        f"set -a; . /etc/paydrop/assets-backup.env; set +a; "
+        f"rclone --ca-cert /etc/paydrop/assets-backup-ca.crt {command}").strip()
+
+
+def test_backup_yml_copies_the_product_files_off_site_and_the_restore_unit_brings_one_back() -> None:
+    digest = fleet.add_product(ASSETS_SLUG, 200_000, title="Drill assets")
+    key = fleet.sql(f"SELECT asset_key FROM products WHERE slug = '{ASSETS_SLUG}'")  # noqa: S608 - a constant
+    started = time.time()
+    result = fleet.playbook("backup.yml")
+    assert result.returncode == 0, fleet.output(result)
+    shop_files = json.loads(rclone("size", "--json", f"files:{ASSETS_BUCKET}"))
+    assert f"product files backed up: {shop_files['count']} objects, {shop_files['bytes']} bytes in backup:" \
+        in fleet.output(result, tail=20000)
+    # The copy: the file's bytes in the backup bucket under assets/<key>.
+    assert rclone("hashsum", "sha256", "--download", f"backup:paydrop-backups/assets/{key}").split()[0] == digest
+    metrics = dict(line.split() for line in fleet.host("app1").file(ASSETS_METRICS).content_string.splitlines()
+                   if not line.startswith("#"))
+    assert float(metrics["paydrop_assets_backup_last_success_timestamp_seconds"]) >= int(started)
+    assert int(metrics["paydrop_assets_backup_objects"]) >= shop_files["count"]
+    # Versioning is on in the shop's own bucket (the app role keeps it on).
+    assert rclone("backend", "versioning", f"files:{ASSETS_BUCKET}") == "Enabled"
+
+    # The file lost from the shop's bucket: its download fails, until the
+    # runbook's restore unit copies it back from the off-site copy.
+    token = fleet.download_token(ASSETS_SLUG)
+    rclone("deletefile", f"files:{ASSETS_BUCKET}/{key}")
+    assert not fleet.download(token)[0].startswith("200 ")
+    fleet.host("app1").check_output("systemctl start paydrop-assets-restore")
+    assert fleet.download(token) == ("200 200000", digest)
+    assert "product files restored" in fleet.host("app1").check_output(
+        "journalctl -u paydrop-assets-restore -n 5 -o cat --no-pager")
+
+
 def test_backup_yml_refuses_an_unknown_type() -> None:
     result = fleet.playbook("backup.yml", "-e", "backup_type=weekly")
     assert result.returncode != 0

@@ -93,33 +93,18 @@ def test_a_name_the_shop_does_not_serve_gets_421() -> None:
 
 
 @pytest.fixture(scope="module")
-def product_token() -> str:
-    """A product added on app1 (its file goes to S3), and a token of a paid order for it."""
-    app1 = fleet.host("app1")
-    color = fleet.state("app1")["active"]
-    path = f"/var/lib/paydrop/assets/{SLUG}.bin"
-    app1.check_output(f"head -c {PAYLOAD_BYTES} /dev/urandom > {path} && chown 10001:10001 {path}")
-    listed = app1.check_output(f"docker exec paydrop-{color} paydrop products list")
-    if SLUG not in listed:
-        app1.check_output(f"docker exec paydrop-{color} paydrop products add --slug {SLUG} "
-                          f"--title 'Fleet field notes' --price 1.00 --file {path}")
-    return fleet.download_token(SLUG)
+def product() -> tuple[str, str]:
+    """A product added on app1 (its file goes to S3): a token of a paid order for it, and the file's sha256."""
+    digest = fleet.add_product(SLUG, PAYLOAD_BYTES)
+    return fleet.download_token(SLUG), digest
 
 
 @pytest.mark.parametrize("name", fleet.APP_HOSTS)
-def test_a_product_file_downloads_through_either_app_host(name: str, product_token: str) -> None:
-    """Asked from the load balancer (the firewall lets lb1 reach the slots), each app host
-    serves the file app1 stored: it is in the bucket, not on app1's disk."""
-    address = fleet.private_address(name)
-    color = fleet.state(name)["active"]
-    port = 8001 if color == "blue" else 8002
-    out = fleet.host("lb1").check_output(
-        f"curl -s -o /tmp/fleet-download -w '%{{http_code}} %{{size_download}}' "
-        f"-H 'Host: {fleet.SERVER_NAME}' -H 'X-Forwarded-Proto: https' "
-        f"http://{address}:{port}/downloads/{product_token}")
-    assert out == f"200 {PAYLOAD_BYTES}"
-    stored = fleet.host("app1").check_output(f"sha256sum < /var/lib/paydrop/assets/{SLUG}.bin")
-    assert fleet.host("lb1").check_output("sha256sum < /tmp/fleet-download") == stored
+def test_a_product_file_downloads_through_either_app_host(name: str, product: tuple[str, str]) -> None:
+    """Asked from the load balancer, each app host serves the file app1 stored:
+    it is in the bucket, not on app1's disk."""
+    token, digest = product
+    assert fleet.download(token, through=name) == (f"200 {PAYLOAD_BYTES}", digest)
     # Nothing of it on app2's disk: the bytes came from S3.
     assert not fleet.host("app2").file(f"/var/lib/paydrop/assets/{SLUG}.bin").exists
 

@@ -186,6 +186,9 @@ def test_the_exporters_report_what_the_alerts_read(mon: Host) -> None:
         'count(paydrop_http_requests_total{job="app"})': lambda v: v > 0,
         f'count(node_textfile_scrape_error{{instance="{primary}"}} == 0)': lambda v: v == 1,
     }
+    # The product files' first off-site copy, started in the background by converge.
+    checks[f'time() - paydrop_assets_backup_last_success_timestamp_seconds{{instance="{names_of("app")[0]}"}}'] = \
+        lambda v: v < 6 * 3600
     # Every app host can take a payment: its live slot reports Stripe healthy.
     for name in names_of("app"):
         checks[f'max(probe_success{{job="checkout", instance="{name}"}})'] = lambda v: v == 1

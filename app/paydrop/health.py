@@ -15,12 +15,13 @@
     version, environment, uptime and checks for
     database, redis and stripe. 503 exactly when not ready. Stripe is reported
     but only ever makes the status "degraded" (still 200): a slow or broken
-    Stripe must not take the shop out of the load balancer.
+    Stripe must not take the shop out of the load balancer. The monitoring
+    host's `checkout` probe reads it (roles/monitoring).
 
 Each probe costs at most one query per dependency, run in parallel on a small
-thread pool and bounded by HEALTH_CHECK_TIMEOUT_SECONDS. Stripe is probed in a
-background thread at most every STRIPE_HEALTH_CACHE_SECONDS; requests only ever
-read the cached result.
+thread pool and bounded by HEALTH_CHECK_TIMEOUT_SECONDS. Stripe is checked by a
+background thread every STRIPE_HEALTH_CACHE_SECONDS in each worker that was
+asked once; requests only ever read the cached result.
 """
 
 from __future__ import annotations
@@ -118,7 +119,15 @@ def _dependencies(timeout: int) -> dict[str, Any]:
 
 
 class StripeProbe:
-    """Stripe's health, refreshed in the background at most once per ``ttl`` seconds."""
+    """Stripe's health, checked by a background thread of each worker process
+    every ``ttl`` seconds once that process was first asked.
+
+    On a timer rather than on request: a worker that /api/health reaches only
+    now and then would otherwise answer with whatever it learnt long ago (the
+    first request after a while gets the old result, and starts the refresh),
+    and with many workers per slot the monitoring host would see an outage
+    come and go. Requests still only ever read the cached result.
+    """
 
     def __init__(self, api_key: str, api_base: str, ttl: int, timeout: int) -> None:
         self._api_key = api_key
@@ -128,14 +137,16 @@ class StripeProbe:
         self._lock = threading.Lock()
         self._status = UNKNOWN
         self._checked_at = 0.0
-        self._refreshing = False
+        # The process whose thread checks (a thread does not survive fork()).
+        self._pid = 0
 
     def _check(self) -> None:
+        http_client = stripe.RequestsClient(timeout=self._timeout)
         client = stripe.StripeClient(
             self._api_key,
             base_addresses={"api": self._api_base},
             max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=self._timeout),
+            http_client=http_client,
         )
         try:
             client.v1.products.list(params={"limit": 1})
@@ -144,18 +155,25 @@ class StripeProbe:
             status = UNHEALTHY
             metrics.DEPENDENCY_ERRORS.labels("stripe").inc()
             log.warning("health check of stripe failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            http_client.close()
         with self._lock:
             self._status = status
             self._checked_at = time.monotonic()
-            self._refreshing = False
+
+    def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            self._check()
+            time.sleep(max(self._ttl - (time.monotonic() - started), 0.1))
 
     def status(self) -> tuple[str, float | None]:
         """The last known status and its age in seconds (None before the first result)."""
         with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="stripe-health", daemon=True).start()
             age = time.monotonic() - self._checked_at if self._checked_at else None
-            if (age is None or age >= self._ttl) and not self._refreshing:
-                self._refreshing = True
-                threading.Thread(target=self._check, name="stripe-health", daemon=True).start()
             return self._status, age
 
 

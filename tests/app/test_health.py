@@ -181,6 +181,23 @@ def test_stripe_outage_degrades_health_but_not_readiness(make_app: Callable[...,
         assert client.get("/api/health/ready").status_code == 200
 
 
+def test_a_worker_asked_rarely_still_answers_with_a_fresh_stripe_status(make_app: Callable[..., Any]) -> None:
+    """Checked on a timer, not on request: the first request after a quiet spell
+    already knows Stripe went away (a slot has many workers, and the monitoring
+    host reaches each one only now and then)."""
+    with LocalStripeServer() as stripe_server:
+        client = make_app({"STRIPE_API_BASE": stripe_server.url,
+                           "STRIPE_HEALTH_CACHE_SECONDS": "1",
+                           "HEALTH_CHECK_TIMEOUT_SECONDS": "1"}).test_client()
+        _poll(lambda: client.get("/api/health").get_json()["checks"]["stripe"] == "healthy", 10)
+
+        stripe_server.stop()
+        time.sleep(3)  # no request meanwhile: ttl 1 s, plus the 1 s timeout, plus a margin
+        body = client.get("/api/health").get_json()
+        assert body["checks"]["stripe"] == "unhealthy", body
+        assert body["details"]["stripe_checked_seconds_ago"] < 2.5, body
+
+
 def test_a_hung_stripe_never_slows_a_probe(make_app: Callable[..., Any], black_hole: int) -> None:
     client = make_app({"STRIPE_API_BASE": f"http://{HOST}:{black_hole}",
                        "STRIPE_HEALTH_CACHE_SECONDS": "1",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import re
 import subprocess
@@ -236,25 +237,75 @@ def _median(runs: list[dict], key: str) -> float:
     return values[len(values) // 2]
 
 
+# A session cookie Redis does not know: nginx's page cache is bypassed, and the
+# app does what it does for any visitor with a session (one Redis GET more than
+# for a visitor without one), then renders the anonymous page.
+SESSION_COOKIE = {"Cookie": "paydrop_session=make-bench-unknown-session"}
+
+
+def _get(sb: Sandbox, path: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """One GET through the shop's nginx: its status and headers (lower-case names)."""
+    conn = http.client.HTTPSConnection("localhost", sb.port, context=load.tls_context(sb.ca), timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        response.read()
+        answer = {name.lower(): value for name, value in response.getheaders()}
+        answer[":status"] = str(response.status)
+        return answer
+    finally:
+        conn.close()
+
+
+def page_cache_checks(sb: Sandbox, slug: str) -> dict[str, bool]:
+    """What the page numbers rest on, checked against the sandbox: anonymous
+    catalog and product pages come from nginx's page cache with the security
+    headers and their own request id; a visitor with a session cookie, the CSRF
+    token and anything that sets a cookie never do."""
+    from_cache = {"HIT", "STALE", "UPDATING"}
+    checks: dict[str, bool] = {}
+    for name, path in (("catalog", "/"), ("product", f"/products/{slug}")):
+        first, second = _get(sb, path), _get(sb, path)
+        checks[f"{name}: anonymous GET answered from the cache"] = second.get("x-cache-status") in from_cache
+        checks[f"{name}: marked public, no Set-Cookie"] = (
+            second.get("cache-control", "").startswith("public") and "set-cookie" not in second)
+        checks[f"{name}: security headers and a fresh X-Request-ID on a cached answer"] = (
+            "content-security-policy" in second and "strict-transport-security" in second
+            and second.get("x-request-id", "") not in ("", first.get("x-request-id")))
+        with_session = [_get(sb, path, SESSION_COOKIE) for _ in range(2)]
+        checks[f"{name}: with a session cookie never from the cache, private"] = all(
+            a.get("x-cache-status") == "BYPASS" and a.get("cache-control") == "private, no-store"
+            for a in with_session)
+    token = [_get(sb, "/checkout/csrf-token") for _ in range(2)]
+    checks["CSRF token: private, sets its cookie, never cached"] = all(
+        t.get("cache-control") == "private, no-store" and "set-cookie" in t and "x-cache-status" not in t
+        for t in token)
+    return checks
+
+
 def pages(sb: Sandbox, fx: Fixtures, size: Size) -> dict:
     slug = sb.psql("SELECT slug FROM products WHERE active ORDER BY id LIMIT 1")[0][0]
-    targets = {"hello": ("/", BASELINE_HOST), "catalog": ("/", None), "product": (f"/products/{slug}", None)}
-    for path, host in targets.values():  # warm caches and upstream connections
-        load.wrk(sb.url + path, seconds=1, connections=2, host=host)
+    checks = page_cache_checks(sb, slug)
+    # catalog_uncached: what the app alone manages, for comparison (no goal).
+    targets = {"hello": ("/", BASELINE_HOST, None), "catalog": ("/", None, None),
+               "product": (f"/products/{slug}", None, None), "catalog_uncached": ("/", None, SESSION_COOKIE)}
+    for path, host, headers in targets.values():  # warm caches and upstream connections
+        load.wrk(sb.url + path, seconds=1, connections=2, host=host, headers=headers)
     runs: dict[str, list[dict]] = {k: [] for k in targets}
     memory = MemorySampler(sb)
     memory.sample()
     idle = dict(memory.peak)
     with memory:
         for _ in range(size.page_rounds):
-            for name, (path, host) in targets.items():
+            for name, (path, host, headers) in targets.items():
                 runs[name].append(load.wrk(sb.url + path, seconds=size.page_seconds,
-                                           connections=size.page_connections, host=host))
-    result: dict = {"product_slug": slug, "runs": runs, "memory_idle": idle, "memory_peak": memory.peak}
+                                           connections=size.page_connections, host=host, headers=headers))
+    result: dict = {"product_slug": slug, "runs": runs, "memory_idle": idle, "memory_peak": memory.peak,
+                    "cache_checks": checks}
     for name in targets:
         result[name] = {k: _median(runs[name], k) for k in ("requests_per_s", "p50_ms", "p99_ms")}
         result[name]["failed"] = sum(r["failed"] for r in runs[name])
-    for name in ("catalog", "product"):
+    for name in ("catalog", "product", "catalog_uncached"):
         result[name]["ratio"] = round(result[name]["requests_per_s"] / result["hello"]["requests_per_s"], 3)
     return result
 

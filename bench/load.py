@@ -26,12 +26,14 @@ def need_wrk() -> None:
 
 
 def wrk(url: str, *, seconds: float, connections: int, threads: int = 2, host: str | None = None,
-        paths_file: Path | None = None) -> dict:
+        paths_file: Path | None = None, headers: dict[str, str] | None = None) -> dict:
     """One closed-loop wrk run: throughput, bytes/s, p50/p99 and failed requests."""
     cmd = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{seconds}s",
            "--timeout", "10s", "-s", str(WRK_SCRIPT)]
     if host:
         cmd += ["-H", f"Host: {host}"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
     cmd.append(url)
     if paths_file:
         cmd += ["--", str(paths_file)]

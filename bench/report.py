@@ -26,6 +26,16 @@ def rows(results: dict) -> list[Row]:
             out.append(row("1 pages", f"{name} req/s (p50 {p[name]['p50_ms']} ms, p99 {p[name]['p99_ms']} ms)",
                             p[name]["requests_per_s"], p["hello"]["requests_per_s"], "req/s", "ratio ≥ 0.6",
                             p[name]["ratio"] >= 0.6))
+        if "catalog_uncached" in p:
+            u = p["catalog_uncached"]
+            out.append(row("1 pages", f"catalog from the app, page cache bypassed by a session cookie req/s "
+                           f"(p50 {u['p50_ms']} ms, p99 {u['p99_ms']} ms)",
+                           u["requests_per_s"], p["hello"]["requests_per_s"], "req/s", "-", None))
+        if "cache_checks" in p:
+            failed = [name for name, ok in p["cache_checks"].items() if not ok]
+            out.append(row("1 pages", "page cache: anonymous pages shared; session, token, Set-Cookie never"
+                           + (f" (failed: {'; '.join(failed)})" if failed else ""),
+                           float(not failed), 1.0, "bool", "yes", not failed))
     if "webhooks" in b:
         w = b["webhooks"]
         once, x3 = w["once"], w["x3"]

@@ -171,6 +171,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_CONNECT_TIMEOUT", _positive_int, "3", help="seconds"),
     Setting("REDIS_URL", _url("redis", "rediss"), secret=True),
     Setting("CATALOG_CACHE_SECONDS", _positive_int, "300"),
+    Setting("PUBLIC_PAGE_CACHE_SECONDS", _non_negative_int, "3",
+            help="how long a shared cache (the load balancer's) may keep an anonymous catalog or "
+                 "product page, and answer from it for as long again while fetching a new one; "
+                 "0 = never shared"),
     # Stripe
     Setting("STRIPE_SECRET_KEY", secret=True),
     Setting("STRIPE_PUBLISHABLE_KEY"),

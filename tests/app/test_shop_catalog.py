@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from tests.support.servers import free_port
-from tests.support.shop import Shopper, add_product, csrf_from, query
+from tests.support.shop import Shopper, add_product, csrf_token, query
 
 
 class _Inputs(HTMLParser):
@@ -196,7 +196,7 @@ def test_checkout_throttles_card_attempts_per_ip(make_app, tmp_path, stripe_serv
     app = make_app(CHECKOUT_RATE_LIMIT="2/300")
     add_product(app, tmp_path, slug="field-guide")
     client = app.test_client()
-    token = csrf_from(client.get("/products/field-guide").get_data(as_text=True))
+    token = csrf_token(client)
     statuses = [client.post("/checkout/field-guide/setup-intent", json={},
                             headers={"X-CSRFToken": token}).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]

@@ -23,6 +23,13 @@ def csrf_from(html: str) -> str:
     return match.group(1)
 
 
+def csrf_token(client: Any) -> str:
+    """The token checkout.js fetches before its first POST (the card form carries none)."""
+    response = client.get("/checkout/csrf-token")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return str(response.get_json()["csrf_token"])
+
+
 def add_product(app: Any, tmp_path: Path, *, slug: str = "field-guide", title: str = "Field Guide",
                 price: int = 500, currency: str = "eur", content: bytes | None = None,
                 filename: str = "guide.pdf") -> Any:
@@ -191,9 +198,10 @@ class Shopper:
         self.csrf = ""
 
     def open(self, slug: str) -> Any:
+        """The product page, then the CSRF token as checkout.js fetches it."""
         page = self.client.get(f"/products/{slug}")
         if page.status_code == 200:
-            self.csrf = csrf_from(page.get_data(as_text=True))
+            self.csrf = csrf_token(self.client)
         return page
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:

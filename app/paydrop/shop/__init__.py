@@ -2,7 +2,8 @@
 
 ``init_app`` wires it into the app built by ``paydrop.create_app``: server-side
 sessions, CSRF protection on every form (the webhook is exempt: Stripe signs
-it), one blueprint per feature, error pages and the operator commands.
+it), which answers a shared cache may keep (``caching``), one blueprint per
+feature, error pages and the operator commands.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from . import (
     accounts,
+    caching,
     catalog,
     checkout,
     cli,
@@ -53,6 +55,7 @@ def init_app(app: Flask) -> None:
     ratelimit.init_app(app)
 
     app.before_request(_refuse_control_characters)
+    app.after_request(caching.mark_response)
     for blueprint in (catalog.bp, accounts.bp, checkout.bp, downloads.bp, webhooks.bp):
         app.register_blueprint(blueprint)
     errors.init_app(app)

@@ -25,6 +25,7 @@ from .. import metrics
 from ..db import get_db
 from ..redis_store import get_redis
 from . import products
+from .caching import shareable
 from .products import Product
 
 log = logging.getLogger(__name__)
@@ -133,11 +134,16 @@ def invalidate() -> None:
 
 
 @bp.get("/")
+@shareable
 def index() -> str:
     return render_template("catalog/index.html", products=active_products())
 
 
+# The card form carries no CSRF token (checkout.js fetches one when the buyer
+# pays), so a visitor's product page can be shared; the hosted-checkout form
+# posts without JavaScript and keeps its token (that page is then not shared).
 @bp.get("/products/<slug>")
+@shareable
 def product(slug: str) -> str:
     item = active_product(slug)
     if item is None:

@@ -1,6 +1,8 @@
 """Buying: the card form on our page (default) or Stripe-hosted Checkout.
 
 Card form ("finalize payments on the server"):
+  0. GET /checkout/csrf-token -> the CSRF token for the next steps (the product
+     page carries none, so a shared cache can keep it); never cached.
   1. POST /checkout/<slug>/setup-intent -> a SetupIntent's client secret; the page
      collects the card with Stripe.js (confirmCardSetup), which creates the
      PaymentMethod (and runs 3-D Secure if the card asks for it).
@@ -42,6 +44,7 @@ from flask import (
     session,
     url_for,
 )
+from flask_wtf.csrf import generate_csrf
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import metrics
@@ -180,6 +183,11 @@ def _settle(order: orders.Order, intent: dict[str, Any]) -> tuple[Response, int]
 @bp.errorhandler(BadInput)
 def _bad_input(exc: BadInput) -> tuple[Response | str, int]:
     return error_response(400, str(exc))
+
+
+@bp.get("/csrf-token")
+def csrf_token() -> Response:
+    return jsonify(csrf_token=generate_csrf())
 
 
 @bp.post("/<slug>/setup-intent")

@@ -170,6 +170,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(out)))
         self.send_header("X-Frame-Options", "SAMEORIGIN")
         self.send_header("X-Request-ID", "from-the-app")
+        if self.path.startswith("/public/"):  # what the app says of an anonymous catalog page
+            self.send_header("Cache-Control", "public, max-age=0, s-maxage=60")
+            if self.path.endswith("/sets-cookie"):
+                self.send_header("Set-Cookie", "paydrop_csrf=x; Secure; HttpOnly")
         self.end_headers()
         self.wfile.write(out)
     do_GET = do_POST = answer
@@ -369,6 +373,32 @@ def test_request_id_is_kept_when_sane_and_replaced_otherwise(edge: Edge) -> None
     assert re.fullmatch(r"[0-9a-f]{32}", replaced.header("x-request-id"))
     fresh = edge("GET", "/nginx-health")
     assert re.fullmatch(r"[0-9a-f]{32}", fresh.header("x-request-id"))
+
+
+def test_only_pages_the_app_marks_public_are_cached_and_never_for_a_session(
+        host: testinfra.host.Host, edge: Edge) -> None:
+    page = f"/public/{uuid.uuid4().hex}"
+    with fake_app(host):
+        first, second = edge("GET", page), edge("GET", page)
+        assert (first.header("x-cache-status"), second.header("x-cache-status")) == ("MISS", "HIT")
+        assert second.body == first.body
+        assert second.header("x-request-id") != first.header("x-request-id")
+        for name, value in SECURITY_HEADERS.items():
+            assert second.header(name) == value
+        # A visitor with a session neither reads nor fills the cache.
+        for _ in range(2):
+            mine = edge("GET", page, headers={"Cookie": "paydrop_session=s1"})
+            assert mine.header("x-cache-status") == "BYPASS"
+            assert json.loads(mine.body)["headers"]["cookie"] == "paydrop_session=s1"
+        other = f"/public/{uuid.uuid4().hex}"
+        edge("GET", other, headers={"Cookie": "paydrop_session=s1"})
+        assert edge("GET", other).header("x-cache-status") == "MISS"
+        # An answer that sets a cookie, one not marked public, a POST: never from the cache.
+        for path in (f"{page}/sets-cookie", f"/private/{uuid.uuid4().hex}"):
+            assert [edge("GET", path).header("x-cache-status") for _ in range(2)] == ["MISS", "MISS"]
+        posted = edge("POST", page, data=b"{}")
+        assert "x-cache-status" not in posted.headers
+        assert json.loads(posted.body)["body_sha256"] == hashlib.sha256(b"{}").hexdigest()
 
 
 LOGIN_BURST = 10

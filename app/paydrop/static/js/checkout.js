@@ -1,6 +1,8 @@
 /*
  * The card form on a product page ("finalize payments on the server").
  *
+ * 0. Ask our server for a CSRF token (the page carries none, so it can be
+ *    cached and shared), once.
  * 1. Ask our server for a SetupIntent and let Stripe.js collect the card with
  *    confirmCardSetup: Stripe creates the PaymentMethod (and runs 3-D Secure
  *    if the card wants it). Card numbers never touch our server.
@@ -22,7 +24,9 @@
   var button = document.getElementById("pay-button");
   var errorBox = document.getElementById("payment-error");
   var emailInput = document.getElementById("email");
-  var csrfToken = form.querySelector('input[name="csrf_token"]').value;
+  // Fetched when the buyer first pays: the page itself carries no token, so
+  // the load balancer can hand the same page to every visitor.
+  var csrfToken = null;
   // The SetupIntent of a payment whose outcome we do not know yet.
   var unsettledSetupIntent = null;
   var UNKNOWN = "We did not get an answer about your payment, so it may have gone through. " +
@@ -51,7 +55,19 @@
   var card = stripe.elements().create("card");
   card.mount("#card-element");
 
-  function post(url, body) {
+  async function fetchCsrfToken() {
+    var response = await fetch(form.dataset.csrfUrl, {
+      credentials: "same-origin",
+      cache: "no-store",
+      headers: { "Accept": "application/json" }
+    });
+    var data = await response.json();
+    if (!response.ok || !data.csrf_token) { throw new Error("no CSRF token"); }
+    return data.csrf_token;
+  }
+
+  async function post(url, body) {
+    if (!csrfToken) { csrfToken = await fetchCsrfToken(); }
     return fetch(url, {
       method: "POST",
       credentials: "same-origin",

@@ -58,10 +58,13 @@ def message(entry: dict[str, Any]) -> str:
 def test_a_request_id_is_found_on_mon1_from_lb1_and_the_app_host(mon: Host) -> None:
     request_id = f"molecule-logs-{uuid.uuid4().hex}"
     lb1 = fleet.host("lb1")
+    # With a session cookie, as a signed-in shopper: the load balancer's page
+    # cache never answers for one, so the request reaches an app slot.
     status = lb1.check_output(
         "curl -sk -o /dev/null -w '%%{http_code}' --max-time 20 "
-        "--resolve %s:443:127.0.0.1 -H %s https://%s/",
-        fleet.SERVER_NAME, f"X-Request-ID: {request_id}", fleet.SERVER_NAME)
+        "--resolve %s:443:127.0.0.1 -H %s -H %s https://%s/",
+        fleet.SERVER_NAME, f"X-Request-ID: {request_id}", "Cookie: paydrop_session=molecule-logs",
+        fleet.SERVER_NAME)
     assert status == "200", status
     hostnames = {name: fleet.host(name).check_output("hostname") for name in ("lb1", *fleet.APP_HOSTS)}
 

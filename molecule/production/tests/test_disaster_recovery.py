@@ -8,6 +8,9 @@ to T with the shop in maintenance. Every order committed before T is back,
 none committed after it; the replica is cloned again and streams; the shop
 serves. It prints the figures (orders lost, seconds the restore took).
 
+The drill's fourth incident, db1's server lost with its disks: a fresh host
+under the same name, restored by restore.yml from the off-site copy alone.
+
 The drill's second incident, the primary lost: Stripe's webhooks pay pending
 orders through the load balancer; db1 is killed (its container, as a power
 cut); failover.yml promotes db2 and points the app hosts at it. Every payment
@@ -402,23 +405,45 @@ def test_a_bad_migration_is_undone_by_restoring_the_releases_restore_point() -> 
         handle.write(figures + "\n")
 
 
-def test_the_off_site_copy_alone_restores_the_database() -> None:
-    """Drill step 4, on the existing db1: its local repository is gone (as with the primary's disk);
-    restore.yml -e restore_repo=2 brings back the newest state from the off-site copy alone, and
-    the local repository starts again (stanza created, archiving checked)."""
+def test_a_fresh_db_host_is_restored_from_the_off_site_copy_alone() -> None:
+    """Drill step 4: db1's server is replaced (a new container from the bare image: its data, its
+    local repository and everything else gone, an address Docker picks anew). The runbook's one
+    command, restore.yml -e restore_repo=2, provisions it, restores the newest state from the
+    off-site copy alone, clones db2 from it, points the app hosts and the monitoring host at its
+    address, and the shop serves again."""
     before = fleet.sql(ORDERS_FINGERPRINT)
-    fleet.host("db1").check_output("find /var/lib/pgbackrest -mindepth 1 -delete")
+    # The signing secret the shop has now (test_zero_downtime rotated it): the operator's vault holds it.
+    secret = fleet.host("app1").check_output("cat /etc/paydrop/secrets/stripe-webhook-secret")
+    testhosts.replace_with_fresh("db1")
+    assert not fleet.host("db1").package("postgresql-15").is_installed
     started = time.monotonic()
-    restore = fleet.playbook("restore.yml", "-e", "restore_repo=2", "-e", "confirm_restore=yes")
+    restore = fleet.playbook("restore.yml", "-e", "restore_repo=2", "-e", f"vault_app_stripe_webhook_secret={secret}")
     seconds = time.monotonic() - started
     assert restore.returncode == 0, fleet.output(restore, tail=8000)
-    assert "repo2" in fleet.output(restore, tail=100000)
+    said = fleet.output(restore, tail=100000)
+    assert "repo2" in said
+    address = fleet.private_address("db1")
+    assert f"db1 was a fresh host: provisioned, and the app and monitoring hosts now use its address {address}" in said
     assert fleet.sql(ORDERS_FINGERPRINT) == before
+    # The local repository starts again beside the off-site one, and archiving works.
     repos = {repo["key"]: repo["status"]["code"] for repo in pgbackrest_info()[0]["repo"]}
     assert repos.get(2) == 0 and 1 in repos, repos
     fleet.host("db1").check_output("runuser -u postgres -- pgbackrest --stanza=paydrop check")
-    figures = (f"drill, local repository deleted, restore.yml -e restore_repo=2: the newest state "
-               f"({before.split(':')[0]} orders, all there) in {seconds:.0f} s from the off-site copy alone")
+    # The CA came back from db2's copy: the certificates clients already trust still verify.
+    assert fleet.host("db1").file("/etc/postgresql/15/main/tls/ca.crt").content_string == \
+        fleet.host("db2").file("/etc/postgresql/15/main/tls/ca.crt").content_string
+    scenario.wait_until(lambda: fleet.sql("SELECT state FROM pg_stat_replication WHERE application_name = 'db2'")
+                        == "streaming", "db2 streaming from the new db1", timeout=60, interval=1)
+    for name in fleet.APP_HOSTS:
+        url = fleet.host(name).check_output("cat /etc/paydrop/secrets/database-url")
+        assert f"@{address}:5432/" in url, name
+    assert f"{address}:" in fleet.host("mon1").file("/etc/prometheus/prometheus.yml").content_string
+    assert fleet.host("db1").service("prometheus-node-exporter").is_running
+    with lb_pool() as pool:
+        assert pool.request("GET", "/api/health/ready", headers={"Host": fleet.SERVER_NAME}).status == 200
+    figures = (f"drill, db1 replaced by a fresh host, restore.yml -e restore_repo=2: the newest state "
+               f"({before.split(':')[0]} orders, all there) from the off-site copy alone, host provisioned "
+               f"and shop serving in {seconds:.0f} s")
     print(figures)
     with Path(FIGURES).open("a") as handle:
         handle.write(figures + "\n")

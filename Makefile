@@ -12,7 +12,19 @@ SCENARIOS ?= default production
 # them left no record. A step NAME runs `step.NAME`; `report.NAME` names the
 # JUnit report (in $(JUNIT)) it must leave with at least one test in it.
 # To add a step: append its name here and define its `step.` (and `report.`).
-TEST_STEPS := lint collection-build pytest bench-quick test-hosts $(SCENARIOS:%=molecule-%)
+# With both scenarios, the one-host `default` runs in the background during the
+# production scenario's verify (scripts/run-molecule.sh --overlap): its step
+# then waits for it and reports it. OVERLAP= runs them one after the other.
+OVERLAP   ?= default
+ifeq ($(OVERLAP)$(filter default,$(SCENARIOS))$(filter production,$(SCENARIOS)),defaultdefaultproduction)
+MOLECULE_STEPS := molecule-production molecule-default
+step.molecule-production = scripts/run-molecule.sh --overlap default production
+step.molecule-default    = scripts/run-molecule.sh --collect default
+else
+MOLECULE_STEPS := $(SCENARIOS:%=molecule-%)
+$(foreach s,$(SCENARIOS),$(eval step.molecule-$(s) = scripts/run-molecule.sh $(s)))
+endif
+TEST_STEPS := lint collection-build pytest bench-quick test-hosts $(MOLECULE_STEPS)
 step.lint             = $(MAKE) --no-print-directory lint
 step.collection-build = $(MAKE) --no-print-directory collection
 step.pytest           = $(BIN)/pytest tests --junitxml=$(JUNIT)/pytest.xml
@@ -20,7 +32,6 @@ report.pytest         = pytest.xml
 step.test-hosts       = scripts/testhosts build
 # The benchmark scripts on tiny loads, no goals: so they cannot rot (make bench is not a test).
 step.bench-quick      = $(MAKE) --no-print-directory bench QUICK=1
-$(foreach s,$(SCENARIOS),$(eval step.molecule-$(s) = scripts/run-molecule.sh $(s)))
 $(foreach s,$(SCENARIOS),$(eval report.molecule-$(s) = molecule-$(s).xml))
 # Skips the summary accepts, each with its reason (printed on every run).
 SKIP_WAIVERS := tests/allowed-skips.toml

@@ -136,6 +136,16 @@ def query(app: Any, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, An
         return [dict(row) for row in cur.fetchall()] if cur.description else []
 
 
+def wait_for_outbox(app: Any, status: str, count: int = 1, timeout: float = 10.0) -> None:
+    """Until ``count`` outbox messages have ``status`` (delivery runs in the background)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(query(app, "SELECT id FROM outbox WHERE status = %s", (status,))) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} outbox messages became {status}")
+
+
 CARDS = {
     "visa": "4242424242424242",
     "declined_at_charge": "4000000000000341",

@@ -14,8 +14,10 @@ the checkout page, the success page and any number of concurrent webhook
 deliveries can call it and the change happens exactly once. It returns a
 ``Change`` (or None when nothing changed); the caller passes the changes to
 ``after_commit`` once the transaction has committed: metrics, the
-``paydrop:orders`` message, and a nudge to deliver the receipt, which
-``mark_paid`` wrote to the mail outbox in the same transaction as the payment.
+``paydrop:orders`` message, a nudge to deliver the receipt, which
+``mark_paid`` wrote to the mail outbox in the same transaction as the payment,
+and the log: ``order_changes: ["<order id> paid"]`` on the request's line, or
+"order <id> is now paid" outside a request.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from flask import current_app
 from psycopg2 import sql
 
-from .. import metrics
+from .. import metrics, observability
 from ..db import get_db
 from . import grants, order_events, orders, outbox
 
@@ -209,7 +211,9 @@ def after_commit(changes: Iterable[Change | None]) -> None:
         )
         if change.mail_id is not None:
             outbox.kick([change.mail_id])
-        log.info("order %s is now %s", order.id, order.status)
+        # In a request (a webhook, the checkout), on the request's own line.
+        if not observability.add_to_request_line("order_changes", f"{order.id} {order.status}"):
+            log.info("order %s is now %s", order.id, order.status)
 
 
 def _queue_receipt(cur: Any, order: orders.Order, grant: grants.Grant) -> int:

@@ -109,14 +109,14 @@ def create_order(app: Any, product: Any, *, email: str = "buyer@example.com",
                  mode: str = "payment_intent", payment_intent_id: str | None = None) -> Any:
     """A pending order straight in the database (as checkout would create it)."""
     from paydrop.db import get_db
-    from paydrop.shop import orders
+    from paydrop.shop import orders, payment_events
 
     with app.app_context(), get_db().transaction() as cur:
         order = orders.create(cur, product_id=product.id, amount=product.price_amount,
                               currency=product.currency, email=email, user_id=None,
                               checkout_mode=mode)
         if payment_intent_id:
-            orders.set_payment_intent(cur, order.id, payment_intent_id)
+            payment_events.link_payment_intent(cur, order.id, payment_intent_id)
         return orders.get(cur, order.id)
 
 

@@ -32,7 +32,7 @@ from flask import current_app
 from psycopg2 import sql
 
 from .. import metrics, observability
-from ..db import get_db
+from ..db import execute_prepared, get_db
 from . import grants, order_events, orders, outbox
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ def _pay_and_grant(cur: Any, order_id: str, amount: int, currency: str, charge_i
     statement that returns both (the grant exists only if the guarded UPDATE changed
     the row, which it locks as it does). One round trip instead of four (lock and
     read, update, insert, re-read): a webhook's time is mostly round trips (#12)."""
-    cur.execute(
+    execute_prepared(
+        cur, "paydrop_pay_and_grant",
         sql.SQL("""WITH paid AS (
                 UPDATE orders o SET status = 'paid', paid_at = now(), failure_message = NULL,
                     stripe_charge_id = coalesce(%s, o.stripe_charge_id), updated_at = now()
@@ -105,7 +106,7 @@ def _pay_and_grant(cur: Any, order_id: str, amount: int, currency: str, charge_i
                 RETURNING {}),
             granted AS (
                 INSERT INTO download_grants (order_id, expires_at, max_downloads)
-                SELECT %s, now() + make_interval(secs => %s), %s FROM paid
+                SELECT %s::uuid, now() + make_interval(secs => %s), %s::integer FROM paid
                 RETURNING id::text AS grant_id, expires_at AS grant_expires_at,
                     max_downloads AS grant_max_downloads,
                     download_count AS grant_download_count, revoked_at AS grant_revoked_at)

@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg2.errors
 
+from ..db import execute_prepared
+
 
 @dataclass(frozen=True)
 class Order:
@@ -93,7 +95,7 @@ def create(
 def get(cur: Any, order_id: str) -> Order | None:
     if not is_uuid(order_id):
         return None
-    cur.execute(f"{_SELECT} WHERE o.id = %s", (order_id,))
+    execute_prepared(cur, "paydrop_order", f"{_SELECT} WHERE o.id = %s", (order_id,))
     return _order(cur.fetchone())
 
 

@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 import psycopg2.pool
@@ -56,8 +57,11 @@ def execute_prepared(cur: Any, name: str, query: str | sql.Composable,
     becomes of the transaction that prepared it; a connection the pool replaces
     prepares again. Only for queries whose result columns are listed (no ``*``
     of a table): a migration that adds a column must not change a prepared
-    statement's result. ``first``: a statement (``cur.mogrify``'d) to run
-    before this one in the same round trip.
+    statement's result. One that changes the type of a column it returns
+    (while the previous release still serves) makes PostgreSQL refuse the
+    prepared plan: that call fails, and its connection is closed so that the
+    pool replaces it and the next call prepares afresh. ``first``: a statement
+    (``cur.mogrify``'d) to run before this one in the same round trip.
     """
     prepared: set[str] | None = getattr(cur.connection, "prepared", None)
     if prepared is None:  # a connection from elsewhere (migrations, tests): plain
@@ -73,7 +77,12 @@ def execute_prepared(cur: Any, name: str, query: str | sql.Composable,
             cur.execute(f"PREPARE {name} AS {numbered}")
             prepared.add(name)
         statement = cur.mogrify(f"EXECUTE {name}({', '.join(['%s'] * len(params))})", params)
-    cur.execute(first + b";\n" + statement if first else statement)
+    try:
+        cur.execute(first + b";\n" + statement if first else statement)
+    except psycopg2.errors.FeatureNotSupported:  # "cached plan must not change result type"
+        if prepared is not None:
+            cur.connection.close()
+        raise
 
 
 class Database:

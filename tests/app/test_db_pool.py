@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import pytest
 from paydrop import db
 
@@ -121,3 +122,35 @@ def test_a_prepared_statement_is_prepared_once_per_connection(make_app: Callable
             except psycopg2.OperationalError:
                 assert attempt < 2
         assert backend_pid(database) != pid
+
+
+def test_a_prepared_statement_whose_result_a_migration_changed_costs_one_call(
+        make_app: Callable[..., Any]) -> None:
+    """A column's type changed under a running release: PostgreSQL refuses the
+    prepared plan, that call fails, and the connection is replaced instead of
+    failing every call it serves from then on."""
+    app = make_app({"DATABASE_POOL_SIZE": "1"})
+    query = "SELECT note FROM paydrop_test_migrated WHERE id = %s"
+    with app.app_context():
+        database = db.get_db()
+        with database.transaction() as cur:
+            cur.execute("DROP TABLE IF EXISTS paydrop_test_migrated")
+            cur.execute("CREATE TABLE paydrop_test_migrated (id int PRIMARY KEY, note varchar(10))")
+            cur.execute("INSERT INTO paydrop_test_migrated VALUES (1, 'before')")
+        try:
+            with database.transaction() as cur:
+                db.execute_prepared(cur, "paydrop_test_migrated", query, (1,))
+                assert cur.fetchone() == {"note": "before"}
+            with database.transaction() as cur:
+                cur.execute("ALTER TABLE paydrop_test_migrated ALTER COLUMN note TYPE text")
+            pid = backend_pid(database)
+            with pytest.raises(psycopg2.errors.FeatureNotSupported), \
+                    database.transaction() as cur:
+                db.execute_prepared(cur, "paydrop_test_migrated", query, (1,))
+            with database.transaction() as cur:
+                db.execute_prepared(cur, "paydrop_test_migrated", query, (1,))
+                assert cur.fetchone() == {"note": "before"}
+            assert backend_pid(database) != pid
+        finally:
+            with database.transaction() as cur:
+                cur.execute("DROP TABLE paydrop_test_migrated")

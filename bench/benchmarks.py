@@ -347,6 +347,14 @@ WHERE o.stripe_payment_intent_id LIKE 'pi_bench_{fx.run_id}_{tag}_%';""")[0]
             "exactly_once": orders == paid == grants == events and max_grants == 1}
 
 
+def _host_cpu_rate(sb: Sandbox, seconds: float = 3.0) -> float | None:
+    """CPU seconds per second the sandbox host spends with no load on it."""
+    before = sb.host_cpu_seconds()
+    time.sleep(seconds)
+    after = sb.host_cpu_seconds()
+    return None if before is None or after is None else (after - before) / seconds
+
+
 def webhooks(sb: Sandbox, fx: Fixtures, size: Size) -> dict:
     """Signed events for distinct orders, then each event three times at once;
     the same distinct events posted to the hello baseline first say what this
@@ -360,8 +368,15 @@ def webhooks(sb: Sandbox, fx: Fixtures, size: Size) -> dict:
     for tag, count, copies in (("once", size.webhook_events, 1), ("x3", size.webhook_duplicated_events, 3)):
         orders = fx.pending_orders(count, tag)
         requests = _signed_events(fx, orders, tag)
+        idle = _host_cpu_rate(sb)
+        cpu_before, started = sb.host_cpu_seconds(), time.monotonic()
         sent = load.send_each(sb.port, sb.ca, requests, copies=copies, connections=12)
+        cpu_after, wall = sb.host_cpu_seconds(), time.monotonic() - started
         sent["events_per_s"] = round(count / sent["seconds"], 1)
+        if idle is not None and cpu_before is not None and cpu_after is not None:
+            # Less what the host spends idle (monitoring, timers) over the same time.
+            sent["host_cpu_ms_per_event"] = round((cpu_after - cpu_before - idle * wall) / count * 1000, 2)
+            sent["host_cpu_idle_per_s"] = round(idle, 3)
         sent["fulfilment"] = _fulfilment_check(fx, tag)
         result[tag] = sent
     result["ratio"] = round(result["once"]["events_per_s"] / result["hello"]["requests_per_s"], 3)

@@ -44,6 +44,9 @@ def rows(results: dict) -> list[Row]:
                        once["events_per_s"] >= 300))
         out.append(row("2 webhooks", f"each event 3× concurrently: deliveries/s (p99 {x3['p99_ms']} ms)",
                         x3["requests_per_s"], None, "req/s", "-", None))
+        if "host_cpu_ms_per_event" in once:
+            out.append(row("2 webhooks", "sandbox host CPU per distinct event (idle CPU taken off)",
+                            once["host_cpu_ms_per_event"], None, "ms", "-", None))
         exact = once["fulfilment"]["exactly_once"] and x3["fulfilment"]["exactly_once"]
         out.append(row("2 webhooks", "every order fulfilled exactly once (DB)", float(exact), 1.0, "bool",
                         "yes", exact))

@@ -71,6 +71,30 @@ class Sandbox:
             raise RuntimeError(f"{name} is not in .sandbox/secrets.yml")
         return match.group(1)
 
+    def host_cpu_seconds(self) -> float | None:
+        """CPU time the whole sandbox host has used so far: its container's cgroup
+        plus those of the containers its own Docker engine runs (the slots, the
+        worker), which that engine puts beside it, not inside it. Everything a
+        request costs there: nginx, gunicorn, PostgreSQL, Redis, the log path
+        (dockerd, containerd-shim, journald). None where the cgroup files are not
+        where cgroup v1 or v2 keeps them."""
+        inner = self.sh("docker ps -q --no-trunc").split()
+        outer = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", self.name], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        total = 0.0
+        for cid in [outer, *inner]:
+            v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+            v2 = [Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"),
+                  Path(f"/sys/fs/cgroup/docker/{cid}/cpu.stat")]
+            if v1.exists():
+                total += int(v1.read_text()) / 1e9
+            elif found := next((f for f in v2 if f.exists()), None):
+                usage = next(line for line in found.read_text().splitlines() if line.startswith("usage_usec"))
+                total += int(usage.split()[1]) / 1e6
+            else:
+                return None
+        return total
+
     # --- inside --------------------------------------------------------------------
     def sh(self, script: str, stdin: str | None = None, timeout: float = 120) -> str:
         done = subprocess.run(["docker", "exec", "-i", self.name, "sh", "-ec", script],

@@ -202,7 +202,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOWNLOAD_ACCEL_PREFIX", _optional(_location_prefix), "",
             help="nginx internal location for X-Accel-Redirect; empty = the app sends bytes"),
     # E-mail
-    Setting("SMTP_HOST", default="", help="empty = receipts are logged and skipped"),
+    Setting("SMTP_HOST", default="", help="empty = mail is skipped (the log says so once)"),
     Setting("SMTP_PORT", _positive_int, "587"),
     Setting("SMTP_USER", default=""),
     Setting("SMTP_PASSWORD", default="", secret=True),

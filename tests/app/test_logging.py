@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 from paydrop.observability import REDACTOR
 
-from tests.support.shop import WEBHOOK_SECRET, event, signed
+from tests.support.shop import (
+    WEBHOOK_SECRET,
+    add_product,
+    create_order,
+    event,
+    payment_intent,
+    signed,
+    wait_for_outbox,
+)
 
 CARD = "4242424242424242"
 
@@ -134,3 +142,47 @@ def test_address_confirmation_tokens_never_reach_the_log(
     lines = [line for line in _lines(out) if "status" in line]
     assert {line["path"] for line in lines} == {"/account/verify/<token>",
                                                 "/account/verify/[REDACTED]"}
+
+
+def test_a_paid_webhook_logs_one_line_with_its_event_and_the_order_it_paid(
+        logging_app: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The request's line says what it did, findable by the order id: no separate
+    "order ... is now paid" line and no "SMTP_HOST is empty" per receipt (each
+    line costs the host's log path as much CPU as a webhook's SQL)."""
+    product = add_product(logging_app, tmp_path, price=900, currency="usd")
+    order = create_order(logging_app, product)
+    evt = event("payment_intent.succeeded", payment_intent(order), event_id="evt_logged_1")
+    body, headers = signed(evt)
+    capsys.readouterr()
+
+    response = logging_app.test_client().post("/api/webhooks/stripe", data=body, headers={
+        **headers, "X-Request-ID": "wh-logged-1"})
+    assert response.status_code == 200
+    wait_for_outbox(logging_app, "skipped")
+    lines = _lines(capsys.readouterr().out)
+
+    [line] = [line for line in lines if order.id in json.dumps(line)]
+    assert line["request_id"] == "wh-logged-1" and line["status"] == 200
+    assert line["order_changes"] == [f"{order.id} paid"]
+    assert line["stripe_events"] == ["evt_logged_1 payment_intent.succeeded processed"]
+    assert not [line for line in lines if "is now" in line["message"]]
+
+    # The same event again: a duplicate, said on its own request line.
+    response = logging_app.test_client().post("/api/webhooks/stripe", data=body, headers=headers)
+    assert response.status_code == 200
+    [line] = [line for line in _lines(capsys.readouterr().out) if "stripe_events" in line]
+    assert line["stripe_events"] == ["evt_logged_1 payment_intent.succeeded duplicate"]
+    assert "order_changes" not in line
+
+
+def test_an_order_change_outside_a_request_logs_its_own_line(
+        logging_app: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The worker and the CLI have no request line to put it on."""
+    from paydrop.shop import fulfilment
+
+    order = create_order(logging_app, add_product(logging_app, tmp_path))
+    capsys.readouterr()
+    with logging_app.app_context():
+        fulfilment.fail(order.id, "abandoned")
+    [line] = [line for line in _lines(capsys.readouterr().out) if order.id in line["message"]]
+    assert line["message"] == f"order {order.id} is now failed"

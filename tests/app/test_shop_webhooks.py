@@ -186,12 +186,17 @@ def test_events_for_orders_not_yet_linked_to_their_payment_fulfil_once_each_when
     assert len(query(app, "SELECT id FROM outbox")) == 8
 
 
-def test_a_payment_event_costs_at_most_eight_database_statements(app, client, product,
-                                                                monkeypatch):
+def test_a_payment_event_costs_at_most_five_database_statements(app, client, product,
+                                                               monkeypatch):
     """Each statement is a round trip to PostgreSQL (over TLS in production), and
-    they are most of a webhook's time: linking and paying an order used to take 11."""
+    they are most of a webhook's time: linking and paying an order used to take 11,
+    then 8; now record the event, find the order, link it (with its parked events),
+    pay and grant, queue the receipt."""
     import psycopg2.extras
 
+    # Once per database connection, each statement is prepared first (a round trip more).
+    warm_up = create_order(app, product)
+    assert _post(client, event("payment_intent.succeeded", payment_intent(warm_up))).status_code == 200
     order = create_order(app, product)
     executed: list[str] = []
     execute = psycopg2.extras.RealDictCursor.execute
@@ -209,7 +214,7 @@ def test_a_payment_event_costs_at_most_eight_database_statements(app, client, pr
     paid = get_order(app, order.id)
     assert paid.status == "paid" and paid.paid_at and paid.stripe_charge_id
     assert len(query(app, "SELECT id FROM download_grants WHERE order_id = %s", (order.id,))) == 1
-    assert len(executed) <= 8, executed
+    assert len(executed) <= 5, executed
 
 
 def test_different_events_for_the_same_payment_fulfil_once(app, client, order):
@@ -220,8 +225,9 @@ def test_different_events_for_the_same_payment_fulfil_once(app, client, order):
     assert len(query(app, "SELECT id FROM stripe_events")) == 3
 
 
-def test_payment_for_a_different_amount_does_not_fulfil(app, client, order):
-    response = _post(client, event("payment_intent.succeeded", payment_intent(order, amount=1)))
+@pytest.mark.parametrize("paid", [{"amount": 1}, {"currency": "eur"}])
+def test_payment_for_a_different_amount_does_not_fulfil(app, client, order, paid):
+    response = _post(client, event("payment_intent.succeeded", payment_intent(order, **paid)))
     assert response.status_code == 200
     order = get_order(app, order.id)
     assert order.status == "pending"

@@ -109,14 +109,14 @@ def create_order(app: Any, product: Any, *, email: str = "buyer@example.com",
                  mode: str = "payment_intent", payment_intent_id: str | None = None) -> Any:
     """A pending order straight in the database (as checkout would create it)."""
     from paydrop.db import get_db
-    from paydrop.shop import orders
+    from paydrop.shop import orders, payment_events
 
     with app.app_context(), get_db().transaction() as cur:
         order = orders.create(cur, product_id=product.id, amount=product.price_amount,
                               currency=product.currency, email=email, user_id=None,
                               checkout_mode=mode)
         if payment_intent_id:
-            orders.set_payment_intent(cur, order.id, payment_intent_id)
+            payment_events.link_payment_intent(cur, order.id, payment_intent_id)
         return orders.get(cur, order.id)
 
 
@@ -134,6 +134,16 @@ def query(app: Any, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, An
     with app.app_context(), get_db().transaction() as cur:
         cur.execute(sql, params)
         return [dict(row) for row in cur.fetchall()] if cur.description else []
+
+
+def wait_for_outbox(app: Any, status: str, count: int = 1, timeout: float = 10.0) -> None:
+    """Until ``count`` outbox messages have ``status`` (delivery runs in the background)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(query(app, "SELECT id FROM outbox WHERE status = %s", (status,))) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} outbox messages became {status}")
 
 
 CARDS = {

@@ -14,23 +14,25 @@ the checkout page, the success page and any number of concurrent webhook
 deliveries can call it and the change happens exactly once. It returns a
 ``Change`` (or None when nothing changed); the caller passes the changes to
 ``after_commit`` once the transaction has committed: metrics, the
-``paydrop:orders`` message, and a nudge to deliver the receipt, which
-``mark_paid`` wrote to the mail outbox in the same transaction as the payment.
+``paydrop:orders`` message, a nudge to deliver the receipt, which
+``mark_paid`` wrote to the mail outbox in the same transaction as the payment,
+and the log: ``order_changes: ["<order id> paid"]`` on the request's line, or
+"order <id> is now paid" outside a request.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
 from flask import current_app
 from psycopg2 import sql
 
-from .. import metrics
-from ..db import get_db
+from .. import metrics, observability
+from ..db import execute_prepared, get_db
 from . import grants, order_events, orders, outbox
 
 log = logging.getLogger(__name__)
@@ -70,47 +72,55 @@ def mark_paid(
     PaymentIntent is recorded before this, by ``payment_events.link_payment_intent``
     (which also replays events parked for it), never here.
     """
+    if not orders.is_uuid(order_id):
+        return None
+    config = current_app.config
+    paid = _pay_and_grant(cur, order_id, amount, currency.lower(), charge_id,
+                          config["DOWNLOAD_TTL_SECONDS"], config["DOWNLOAD_LIMIT"])
+    if paid is not None:
+        return Change(paid[0], paid[1], _queue_receipt(cur, *paid))
+    # Not paid by this call: already paid (or refunded, ...), or another price.
     order = orders.lock(cur, order_id)
     if order is None or order.status not in ("pending", "failed"):
         return None
-    if amount != order.amount or currency.lower() != order.currency:
-        log.error("order %s: Stripe reports %s %s paid, the order says %s %s; not fulfilling",
-                  order_id, amount, currency, order.amount, order.currency)
-        cur.execute("UPDATE orders SET flagged = true WHERE id = %s", (order_id,))
-        return None
-    config = current_app.config
-    paid = _pay_and_grant(cur, order, charge_id, config["DOWNLOAD_TTL_SECONDS"],
-                          config["DOWNLOAD_LIMIT"])
-    if paid is None:
-        return None
-    return Change(paid[0], paid[1], _queue_receipt(cur, *paid))
+    log.error("order %s: Stripe reports %s %s paid, the order says %s %s; not fulfilling",
+              order_id, amount, currency, order.amount, order.currency)
+    cur.execute("UPDATE orders SET flagged = true WHERE id = %s", (order_id,))
+    return None
 
 
-def _pay_and_grant(cur: Any, order: orders.Order, charge_id: str | None, ttl_seconds: int,
-                   max_downloads: int) -> tuple[orders.Order, grants.Grant] | None:
-    """pending/failed -> paid and the download grant, in one statement (the grant
-    exists only if the guarded UPDATE changed the row). One round trip instead of
-    three (update, insert, re-read): a webhook's time is mostly round trips."""
-    cur.execute(
+def _pay_and_grant(cur: Any, order_id: str, amount: int, currency: str, charge_id: str | None,
+                   ttl_seconds: int, max_downloads: int) -> tuple[orders.Order, grants.Grant] | None:
+    """pending/failed -> paid at the order's own price, and the download grant, in one
+    statement that returns both (the grant exists only if the guarded UPDATE changed
+    the row, which it locks as it does). One round trip instead of four (lock and
+    read, update, insert, re-read): a webhook's time is mostly round trips (#12)."""
+    execute_prepared(
+        cur, "paydrop_pay_and_grant",
         sql.SQL("""WITH paid AS (
-                UPDATE orders SET status = 'paid', paid_at = now(), failure_message = NULL,
-                    stripe_charge_id = coalesce(%s, stripe_charge_id), updated_at = now()
-                WHERE id = %s AND status = ANY(%s)
-                RETURNING paid_at, stripe_charge_id),
+                UPDATE orders o SET status = 'paid', paid_at = now(), failure_message = NULL,
+                    stripe_charge_id = coalesce(%s, o.stripe_charge_id), updated_at = now()
+                FROM products p
+                WHERE o.id = %s AND o.status = ANY(%s) AND o.amount = %s AND o.currency = %s
+                    AND p.id = o.product_id
+                RETURNING {}),
             granted AS (
                 INSERT INTO download_grants (order_id, expires_at, max_downloads)
-                SELECT %s, now() + make_interval(secs => %s), %s FROM paid
-                RETURNING *)
-            SELECT {}, paid.paid_at, paid.stripe_charge_id FROM granted, paid""").format(
-            grants.COLUMNS),
-        (charge_id, order.id, ["pending", "failed"], order.id, ttl_seconds, max_downloads),
+                SELECT %s::uuid, now() + make_interval(secs => %s), %s::integer FROM paid
+                RETURNING id::text AS grant_id, expires_at AS grant_expires_at,
+                    max_downloads AS grant_max_downloads,
+                    download_count AS grant_download_count, revoked_at AS grant_revoked_at)
+            SELECT * FROM paid, granted""").format(sql.SQL(orders.COLUMNS)),
+        (charge_id, order_id, ["pending", "failed"], amount, currency, order_id, ttl_seconds,
+         max_downloads),
     )
     row = cur.fetchone()
     if row is None:
         return None
-    paid = replace(order, status="paid", paid_at=row.pop("paid_at"),
-                               failure_message=None, stripe_charge_id=row.pop("stripe_charge_id"))
-    return paid, grants.Grant(**row)
+    grant = grants.Grant(order_id=row["id"], **{
+        name: row.pop(f"grant_{name}") for name in ("id", "expires_at", "max_downloads",
+                                                     "download_count", "revoked_at")})
+    return orders.Order(**row), grant
 
 
 def mark_failed(cur: Any, order_id: str, message: str) -> Change | None:
@@ -209,7 +219,9 @@ def after_commit(changes: Iterable[Change | None]) -> None:
         )
         if change.mail_id is not None:
             outbox.kick([change.mail_id])
-        log.info("order %s is now %s", order.id, order.status)
+        # In a request (a webhook, the checkout), on the request's own line.
+        if not observability.add_to_request_line("order_changes", f"{order.id} {order.status}"):
+            log.info("order %s is now %s", order.id, order.status)
 
 
 def _queue_receipt(cur: Any, order: orders.Order, grant: grants.Grant) -> int:

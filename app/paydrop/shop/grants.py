@@ -43,7 +43,6 @@ class Asset:
     size: int
 
 
-# Also used by fulfilment, which creates the first grant in the payment's statement.
 COLUMNS = sql.SQL("""id::text AS id, order_id::text AS order_id, expires_at, max_downloads,
     download_count, revoked_at""")
 

@@ -3,8 +3,9 @@
 Views never send mail themselves: they ``outbox.enqueue`` it in the transaction
 that makes the change the mail announces, and the outbox delivers it (see
 outbox.py). This module builds and sends one message. With SMTP_HOST empty
-(development) a message is logged (recipient and subject only: bodies carry
-download, confirmation and reset links, which are bearer tokens) and not sent.
+(development) messages are not sent: the first one says so at WARNING, each
+is logged at DEBUG (recipient and subject only: bodies carry download,
+confirmation and reset links, which are bearer tokens).
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
+import threading
+import weakref
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-from flask import current_app
+from flask import Flask, current_app
 
 log = logging.getLogger(__name__)
 SMTP_TIMEOUT_SECONDS = 15
+# Apps that have said their SMTP_HOST is empty (``log_skipped``).
+_skip_noted: weakref.WeakSet[Flask] = weakref.WeakSet()
+_skip_noted_lock = threading.Lock()
 
 
 class DeliveryError(Exception):
@@ -49,11 +55,25 @@ class SmtpSettings:
 
 
 def log_skipped(to: str, subject: str) -> None:
-    note = ""
-    if current_app.config["APP_ENVIRONMENT"] != "production":
-        note = (" (the body and its links are not logged; point SMTP_HOST at a local "
-                "mail catcher to read them)")
-    log.info("SMTP_HOST is empty; not sending %r to %s%s", subject, to, note)
+    """Say once per app (process) that mail is not sent; each message only at DEBUG.
+
+    A line per receipt told the operator nothing new after the first and cost a
+    log line per payment (webhook ingest, #12); the outbox keeps every skipped
+    message (status ``skipped``) and /metrics counts them.
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    with _skip_noted_lock:
+        first = app not in _skip_noted
+        _skip_noted.add(app)
+    if first:
+        note = ""
+        if current_app.config["APP_ENVIRONMENT"] != "production":
+            note = (" Bodies and their links are not logged; point SMTP_HOST at a local "
+                    "mail catcher to read them.")
+        log.warning("SMTP_HOST is empty: mail is not sent, each message is marked skipped in "
+                    "the outbox (paydrop_outbox_messages{status=\"skipped\"}); this is said "
+                    "once per process, the messages themselves at DEBUG.%s", note)
+    log.debug("SMTP_HOST is empty; not sending %r to %s", subject, to)
 
 
 def deliver(settings: SmtpSettings, to: str, subject: str, body: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from flask import Flask, current_app
 
 from .. import metrics
-from ..db import get_db
+from ..db import execute_prepared, get_db
 from . import mail
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class Message:
 
 def enqueue(cur: Any, to: str, subject: str, body: str) -> int:
     """Queue a message in the caller's transaction; its id (for ``kick``)."""
-    cur.execute(
+    execute_prepared(
+        cur, "paydrop_enqueue_mail",
         "INSERT INTO outbox (recipient, subject, body) VALUES (%s, %s, %s) RETURNING id",
         (to, subject, body),
     )

@@ -56,12 +56,12 @@ def link_payment_intent(
     """Record the order's PaymentIntent and replay events that were waiting for it."""
     if not payment_intent_id:
         return []
-    # The lock, then the UPDATE, in one round trip (a webhook's time is mostly round trips).
-    if not orders.set_payment_intent(cur, order_id, payment_intent_id,
-                                     first=_lock_payment_sql(cur, payment_intent_id)):
-        return []
+    # The lock, the UPDATE and the look-up of parked events in one round trip (a
+    # webhook's time is mostly round trips).
+    parked = stripe_events.parked_for_new_link(cur, order_id, payment_intent_id,
+                                               first=_lock_payment_sql(cur, payment_intent_id))
     changes: list[Change | None] = []
-    for event_id, event_type, obj in stripe_events.parked_for(cur, payment_intent_id):
+    for event_id, event_type, obj in parked:
         log.info("replaying parked %s %s for order %s", event_type, event_id, order_id)
         changes.extend(HANDLERS[event_type](cur, obj).changes)
         stripe_events.mark_processed(cur, event_id)

@@ -6,6 +6,8 @@ from typing import Any
 
 import psycopg2.extras
 
+from ..db import execute_prepared
+
 
 def record(cur: Any, event_id: str, event_type: str, payment_intent_id: str | None) -> bool:
     """Claim the event; False when it was already recorded (a duplicate delivery).
@@ -19,7 +21,8 @@ def record(cur: Any, event_id: str, event_type: str, payment_intent_id: str | No
     less per event than marking it afterwards (webhook ingest, #12); nobody
     sees the row before the transaction commits.
     """
-    cur.execute(
+    execute_prepared(
+        cur, "paydrop_record_event",
         """INSERT INTO stripe_events (id, type, payment_intent_id, processed_at)
            VALUES (%s, %s, %s, now())
            ON CONFLICT (id) DO NOTHING RETURNING id""",
@@ -43,12 +46,27 @@ def park(cur: Any, event_id: str, obj: dict[str, Any]) -> None:
     )
 
 
-def parked_for(cur: Any, payment_intent_id: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id, type, object) of parked events for the payment, oldest first, row-locked."""
-    cur.execute(
-        """SELECT id, type, payload FROM stripe_events
-           WHERE payment_intent_id = %s AND processed_at IS NULL AND payload IS NOT NULL
+def parked_for_new_link(cur: Any, order_id: str, payment_intent_id: str, *,
+                        first: bytes = b"") -> list[tuple[str, str, dict[str, Any]]]:
+    """Record the order's PaymentIntent (if it has none yet) and, when that was new,
+    return (id, type, object) of the events parked for the payment, oldest first,
+    row-locked. Once the order knows its PaymentIntent, no event for it is parked
+    any more, so there is nothing to look for when it already knew it.
+
+    ``first``: a statement (``cur.mogrify``'d) for the server to run before this one,
+    in the same round trip: psycopg2 sends both in one message, PostgreSQL runs them
+    in order (this one with a snapshot taken after the first ended), and the cursor
+    holds the result of the last one.
+    """
+    execute_prepared(
+        cur, "paydrop_link_payment",
+        """WITH linked AS (
+               UPDATE orders SET stripe_payment_intent_id = %s, updated_at = now()
+               WHERE id = %s AND stripe_payment_intent_id IS NULL RETURNING id)
+           SELECT id, type, payload FROM stripe_events
+           WHERE EXISTS (SELECT FROM linked)
+               AND payment_intent_id = %s AND processed_at IS NULL AND payload IS NOT NULL
            ORDER BY received_at, id FOR UPDATE""",
-        (payment_intent_id,),
+        (payment_intent_id, order_id, payment_intent_id), first=first,
     )
     return [(row["id"], row["type"], row["payload"]) for row in cur.fetchall()]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 
 
 def checkout_id(project_dir: str | None = None) -> str:
@@ -53,7 +54,13 @@ def replace_with_fresh(inventory_name: str, boot_timeout: int = 180) -> None:
     args += [config["Image"], *(config.get("Cmd") or [])]
     subprocess.run(["docker", "rm", "--force", "--volumes", name], check=True, capture_output=True)
     subprocess.run(args, check=True, capture_output=True)
-    booted = subprocess.run(["timeout", str(boot_timeout), "docker", "exec", name, "systemctl", "is-system-running",
-                             "--wait"], capture_output=True, text=True)
-    if booted.stdout.strip() not in ("running", "degraded"):
-        raise RuntimeError(f"{name} did not boot: {booted.stdout.strip()} {booted.stderr.strip()}")
+    # As create.yml: until systemd (PID 1) has its bus up, systemctl cannot even ask ("Failed to connect to bus").
+    deadline = time.monotonic() + boot_timeout
+    while True:
+        booted = subprocess.run(["timeout", "60", "docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                                capture_output=True, text=True)
+        if booted.stdout.strip() in ("running", "degraded"):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not boot: {booted.stdout.strip()} {booted.stderr.strip()}")
+        time.sleep(2)

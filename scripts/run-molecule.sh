@@ -58,13 +58,14 @@ fi
 scripts/testhosts build || exit 1
 
 [ $# -gt 0 ] || set -- default
+# Left by a run that was killed: nothing runs in the background now.
+rm -f build/molecule-*.started
 
 start_overlap() {
   local other=$overlap
   [ -n "$other" ] || return 0
   overlap=""
   rm -f "$(status_of "$other")"
-  touch "build/molecule-$other.started"
   echo "==> molecule test -s $other, in the background from now on (output: $(log_of "$other"))"
   (
     started=$SECONDS
@@ -76,6 +77,8 @@ start_overlap() {
       echo 1 >"$(status_of "$other")"
     fi
   ) >"$(log_of "$other")" 2>&1 </dev/null &
+  # Its PID: the fleet's verify waits for it before the releases and the drill (conftest.py).
+  echo $! >"build/molecule-$other.started"
 }
 
 # `molecule test --destroy always`, one step at a time, with the overlap

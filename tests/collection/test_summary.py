@@ -125,7 +125,7 @@ def test_a_command_killed_by_a_signal_fails(junit: Path) -> None:
 ])
 def test_a_killed_wrapper_leaves_a_failure_not_nothing(junit: Path, signum: int, expected: str) -> None:
     marker = junit.parent / "started"
-    argv = [*STEP, str(junit), "molecule-default", "--", "sh", "-c", f"touch {marker}; sleep 30"]
+    argv = [*STEP, str(junit), "molecule-default", "--", "sh", "-c", f"touch {marker}; exec sleep 30"]
     wrapper = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)  # noqa: S603
     deadline = time.monotonic() + 20
     while not marker.exists():

@@ -82,7 +82,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: LAST_MODULES.index(item.path.name) + 1 if item.path.name in LAST_MODULES else 0)
 
 
-# `make test` starts the one-host default scenario in the background when this verify starts
+# `make test` starts the one-host default scenario in the background once the fleet is prepared
 # (scripts/run-molecule.sh --overlap): it shares the CPU with the checks above, which mostly wait.
 # The releases under load and the drill measure failed requests and seconds: they start once it
 # is done, so its converge never counts against them.

@@ -6,6 +6,9 @@ VENV      ?= .venv
 BIN       := $(VENV)/bin
 JUNIT     := build/junit
 STEP      := $(BIN)/python scripts/junit_step.py $(JUNIT)
+# The app and collection tests, on two workers (tests/app/conftest.py gives each
+# its own database): 130 s instead of 236 s.
+PYTEST    := $(BIN)/pytest tests -n 2 --junitxml=$(JUNIT)/pytest.xml
 # Molecule scenarios `make test` runs, in order.
 SCENARIOS ?= default production
 # The steps `make test` runs, in order; the summary fails the run when one of
@@ -27,8 +30,7 @@ endif
 TEST_STEPS := lint collection-build pytest bench-quick test-hosts $(MOLECULE_STEPS)
 step.lint             = $(MAKE) --no-print-directory lint
 step.collection-build = $(MAKE) --no-print-directory collection
-# Two workers (tests/app/conftest.py gives each its own database): 130 s instead of 236 s.
-step.pytest           = $(BIN)/pytest tests -n 2 --junitxml=$(JUNIT)/pytest.xml
+step.pytest           = $(PYTEST)
 report.pytest         = pytest.xml
 step.test-hosts       = scripts/testhosts build
 # The benchmark scripts on tiny loads, no goals: so they cannot rot (make bench is not a test).
@@ -89,7 +91,7 @@ docs:
 	scripts/architecture-diagram.sh
 
 test-unit: venv
-	$(BIN)/pytest tests -n 2 --junitxml=$(JUNIT)/pytest.xml
+	$(PYTEST)
 
 hosts: venv
 	scripts/testhosts build

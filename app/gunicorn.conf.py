@@ -25,6 +25,8 @@ Choices:
 * Settings are validated in the master before any worker forks, so bad
   configuration prints one list of problems and exits 1 instead of crash-looping
   workers.
+* Each worker starts its Stripe health checks as it boots (``post_worker_init``),
+  so its first /api/health answer is already Stripe's state, not "unknown".
 * Metrics: prometheus_client multiprocess mode (see paydrop/metrics.py). The
   directory is set here, before anything imports prometheus_client, emptied
   when the master starts, and each dead worker is marked in ``child_exit``.
@@ -117,6 +119,13 @@ def on_starting(server):
     metrics_dir.mkdir(parents=True, exist_ok=True)
     for stale in metrics_dir.glob("*.db"):
         stale.unlink()
+
+
+def post_worker_init(worker):
+    # Each worker checks Stripe from its start, not from its first /api/health.
+    from paydrop import health
+
+    health.start_background_checks(worker.wsgi)
 
 
 def child_exit(server, worker):

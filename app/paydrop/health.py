@@ -20,8 +20,8 @@
 
 Each probe costs at most one query per dependency, run in parallel on a small
 thread pool and bounded by HEALTH_CHECK_TIMEOUT_SECONDS. Stripe is checked by a
-background thread every STRIPE_HEALTH_CACHE_SECONDS in each worker that was
-asked once; requests only ever read the cached result.
+background thread every STRIPE_HEALTH_CACHE_SECONDS in each worker, started
+with the worker under gunicorn; requests only ever read the cached result.
 """
 
 from __future__ import annotations
@@ -120,13 +120,17 @@ def _dependencies(timeout: int) -> dict[str, Any]:
 
 class StripeProbe:
     """Stripe's health, checked by a background thread of each worker process
-    every ``ttl`` seconds once that process was first asked.
+    every ``ttl`` seconds, from the worker's start under gunicorn (see
+    ``start_background_checks``), otherwise from the first time it is asked.
 
     On a timer rather than on request: a worker that /api/health reaches only
     now and then would otherwise answer with whatever it learnt long ago (the
     first request after a while gets the old result, and starts the refresh),
     and with many workers per slot the monitoring host would see an outage
-    come and go. Requests still only ever read the cached result.
+    come and go. From the start rather than from the first request: a worker's
+    first answer would otherwise be "unknown", and after each release or
+    restart every worker's first probe would break the checkout alert's ``for``.
+    Requests still only ever read the cached result.
     """
 
     def __init__(self, api_key: str, api_base: str, ttl: int, timeout: int) -> None:
@@ -167,14 +171,33 @@ class StripeProbe:
             self._check()
             time.sleep(max(self._ttl - (time.monotonic() - started), 0.1))
 
+    def _start_locked(self) -> None:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            threading.Thread(target=self._run, name="stripe-health", daemon=True).start()
+
+    def start(self) -> None:
+        """Start this process's checking thread (once per process)."""
+        with self._lock:
+            self._start_locked()
+
     def status(self) -> tuple[str, float | None]:
         """The last known status and its age in seconds (None before the first result)."""
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="stripe-health", daemon=True).start()
+            self._start_locked()
             age = time.monotonic() - self._checked_at if self._checked_at else None
             return self._status, age
+
+
+def start_background_checks(app: Any) -> None:
+    """Start the Stripe checks of this process, for a server that forks workers
+    (gunicorn's ``post_worker_init``): then each worker knows Stripe's state
+    from its start, not from the first /api/health that happens to reach it.
+    Anything but a Paydrop app (e.g. the bench's bare WSGI app) is left alone.
+    """
+    probe = getattr(app, "extensions", {}).get(_STRIPE_PROBE)
+    if probe is not None:
+        probe.start()
 
 
 @bp.record_once

@@ -119,8 +119,9 @@ def _scrape(server: Gunicorn, labels: dict[str, str]) -> float:
     return 0.0
 
 
-def _per_process(metrics_dir: Path, labels: dict[str, str]) -> dict[int, float]:
-    """Requests counted by each process, read from its own multiprocess file."""
+def _per_process(metrics_dir: Path, labels: dict[str, str],
+                 metric: str = "paydrop_http_requests_total") -> dict[int, float]:
+    """A counter's value in each process, read from its own multiprocess file."""
     counts = {}
     for path in metrics_dir.glob("counter_*.db"):
         alone = metrics_dir.parent / f"alone-{path.stem}"
@@ -128,7 +129,7 @@ def _per_process(metrics_dir: Path, labels: dict[str, str]) -> dict[int, float]:
         shutil.copy(path, alone / path.name)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))
-        value = registry.get_sample_value("paydrop_http_requests_total", labels)
+        value = registry.get_sample_value(metric, labels)
         counts[int(path.stem.split("_")[1])] = value or 0.0
         shutil.rmtree(alone)
     return counts
@@ -286,3 +287,32 @@ def test_readiness_under_gunicorn_follows_redis(app_server_env: dict[str, str],
                 time.sleep(0.1)
         finally:
             server.stop()
+
+
+def test_every_worker_checks_stripe_from_its_start(app_server_env: dict[str, str],
+                                                   tmp_path: Path) -> None:
+    """No request reaches the workers, yet each one checks Stripe on its own timer.
+
+    Stripe here is a closed port, so each check fails and the failing worker
+    counts it in its own metrics file: the count is per worker pid. Before the
+    checks started with the worker, a worker only began checking when the first
+    /api/health reached it, and answered "unknown" until then.
+    """
+    closed = free_port()
+    env = {**app_server_env, "STRIPE_API_BASE": f"http://{HOST}:{closed}",
+           "STRIPE_HEALTH_CACHE_SECONDS": "1"}
+    server = Gunicorn("paydrop.wsgi:app", env, tmp_path, workers=2).start()
+    labels = {"dependency": "stripe"}
+    try:
+        pids = server.worker_pids()
+        assert len(pids) == 2
+        deadline = time.monotonic() + 15
+        while True:
+            failed = _per_process(server.metrics_dir, labels, "paydrop_dependency_errors_total")
+            if all(failed.get(pid, 0) >= 2 for pid in pids):
+                break
+            assert time.monotonic() < deadline, (pids, failed)
+            time.sleep(0.2)
+        assert not any("/api/health" in str(line.get("path", "")) for line in server.lines())
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ import shlex
 import uuid
 from pathlib import Path
 
+import pytest
 import testinfra
 from conftest import APP_PASSWORD, CA_ON_CLIENT, MONITORING_PASSWORD, TCP_DROPPED, sql, tcp_probe
 
@@ -146,24 +147,6 @@ def test_pgbackrest_check_passes(db1: Host) -> None:
         assert db1.service(f"{timer}.timer").is_running
 
 
-def beat(host: Host) -> str:
-    return sql(host, "SELECT beat FROM paydrop_monitoring.heartbeat WHERE id = 1")
-
-
-def test_the_heartbeat_keeps_writing(db1: Host, db2: Host) -> None:
-    # Observe the timer at work (nobody starts the service here): within one
-    # period (every minute, postgres_heartbeat_schedule) the beat moves on the
-    # primary, and replication carries it to the replica.
-    first = beat(db1)
-
-    def moved() -> str:
-        now = beat(db1)
-        return now if now != first else ""
-    later = scenario.wait_until(moved, "the heartbeat timer writing a new beat", timeout=75, interval=2)
-    scenario.wait_until(lambda: beat(db2) == later, "the new beat on the replica", timeout=10)
-    assert db1.service("postgres-heartbeat.timer").is_running
-
-
 def test_replica_was_not_recloned_and_streams_again(db1: Host, db2: Host) -> None:
     """side_effect.yml stopped the replica, wrote on the primary and ran the playbook again."""
     assert db2.file("/var/lib/postgresql/15/main/molecule-replica-marker").exists
@@ -238,17 +221,42 @@ def test_the_configuration_check_refuses_bad_settings(db1: Host) -> None:
     assert refused.rc != 0 and "invalid value" in refused.stderr
 
 
-def test_wal_is_archived_continuously(db1: Host) -> None:
+def beat(host: Host) -> str:
+    return sql(host, "SELECT beat FROM paydrop_monitoring.heartbeat WHERE id = 1")
+
+
+@pytest.fixture(scope="module")
+def left_alone(db1: Host) -> dict[str, str]:
+    """The primary's heartbeat and WAL archiver as the two tests below first found them.
+    Both watch timers at work over the same minute, so they wait once, not twice.
+    Nothing between them may force a WAL switch (a backup, `pgbackrest check`,
+    pg_switch_wal()): they come after the backup tests."""
+    return {"beat": beat(db1), "since": sql(db1, "SELECT now()"),
+            "failed": sql(db1, "SELECT failed_count FROM pg_stat_archiver")}
+
+
+def test_the_heartbeat_keeps_writing(db1: Host, db2: Host, left_alone: dict[str, str]) -> None:
+    # Observe the timer at work (nobody starts the service here): within one
+    # period (every minute, postgres_heartbeat_schedule) the beat moves on the
+    # primary, and replication carries it to the replica.
+    def moved() -> str:
+        now = beat(db1)
+        return now if now != left_alone["beat"] else ""
+    later = scenario.wait_until(moved, "the heartbeat timer writing a new beat", timeout=75, interval=2)
+    scenario.wait_until(lambda: beat(db2) == later, "the new beat on the replica", timeout=10)
+    assert db1.service("postgres-heartbeat.timer").is_running
+
+
+def test_wal_is_archived_continuously(db1: Host, left_alone: dict[str, str]) -> None:
     # Nothing here forces a WAL switch (no backup, no check, no
     # pg_switch_wal()): only archive_timeout and the heartbeat's writes can make
     # a new segment reach the archive, within archive_timeout plus one beat.
     assert sql(db1, "SHOW archive_timeout") == "1min"
-    failed_before = sql(db1, "SELECT failed_count FROM pg_stat_archiver")
-    since = sql(db1, "SELECT now()")
+    since = left_alone["since"]
     scenario.wait_until(
         lambda: sql(db1, f"SELECT coalesce(last_archived_time > '{since}', false) FROM pg_stat_archiver") == "t",
         "a WAL segment archived without anything forcing it", timeout=150, interval=5)
-    assert sql(db1, "SELECT failed_count FROM pg_stat_archiver") == failed_before
+    assert sql(db1, "SELECT failed_count FROM pg_stat_archiver") == left_alone["failed"]
 
 
 def site(*args: str) -> tuple[int, str]:

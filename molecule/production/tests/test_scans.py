@@ -141,7 +141,9 @@ def expected_from(source: str) -> dict[str, set[int]]:
     return expected
 
 
-SOURCES = [name for name in HOSTS if name != "app2"]  # app1 speaks for the app group
+# One host of each group: app1 speaks for the app group, db1 for the primary and the replica
+# (one group, one table row, the same rules).
+SOURCES = [name for name in HOSTS if name not in ("app2", "db2")]
 
 
 @pytest.fixture(scope="module")

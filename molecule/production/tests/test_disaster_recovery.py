@@ -177,6 +177,23 @@ def test_restore_refuses_two_targets_at_once() -> None:
     assert postgres_active("db1")
 
 
+@pytest.mark.parametrize(("extra", "message"), [
+    # A name without deploy.yml's time, and no backup label: which backup precedes it is unknown.
+    (["-e", "restore_point=my-own-point"],
+     "No backup ended before restore point my-own-point (its name carries no time"),
+    # deploy.yml's form, older than every backup the fleet holds.
+    (["-e", "restore_point=before-0.0.1-20200101T000000Z"],
+     "No backup ended before restore point before-0.0.1-20200101T000000Z; recovery cannot reach"),
+    (["-e", "restore_set=20261205-031125F"], "-e restore_set=<a backup label from pgbackrest info> only with"),
+])
+def test_restore_refuses_a_restore_point_no_backup_precedes(extra: list[str], message: str) -> None:
+    result = fleet.playbook("restore.yml", *extra, "-e", "confirm_restore=yes")
+    assert result.returncode != 0
+    assert message in " ".join(fleet.output(result).split())
+    assert postgres_active("db1") and postgres_active("db2")
+    assert not fleet.host("lb1").file("/etc/nginx/paydrop-maintenance/paydrop-maintenance.conf").exists
+
+
 TLS_DIR = "/etc/postgresql/15/main/tls"
 SERVED_END = ("openssl s_client -starttls postgres -connect 127.0.0.1:5432 </dev/null 2>/dev/null"
               " | openssl x509 -noout -enddate")

@@ -17,7 +17,7 @@ from typing import Any
 import testinfra
 import yaml
 
-from tests.support import testhosts
+from tests.support import scenario, testhosts
 
 PROJECT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = PROJECT / "playbooks"
@@ -63,7 +63,10 @@ def playbook(name: str, *args: str, timeout: int = 1200,
 
 
 def output(result: subprocess.CompletedProcess[str], tail: int = 4000) -> str:
-    return " ".join((result.stdout + result.stderr).split())[-tail:]
+    """The end of what a playbook printed, on one line (the failed tasks first when it failed)."""
+    text = " ".join((result.stdout + result.stderr).split())[-tail:]
+    failed = scenario.failures(result) if result.returncode else ""
+    return f"FAILED TASKS: {failed} ... {text}" if failed else text
 
 
 def recap(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:

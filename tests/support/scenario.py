@@ -105,9 +105,25 @@ def playbook(path: Path, *args: str, timeout: int = 900) -> subprocess.Completed
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
 
 
+def failures(result: subprocess.CompletedProcess[str], limit: int = 600) -> str:
+    """Each failed task of a playbook run and its first words (`TASK [name] fatal: [host]: FAILED! ...`),
+    on one line: the start of a test's message, which is what CI's summary shows of it."""
+    found, task = [], ""
+    for line in result.stdout.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith(("fatal: [", "failed: [")):
+            found.append(f"TASK [{task}] " + " ".join(line.split())[:limit])
+        elif line.strip() == "...ignoring" and found:
+            found.pop()
+    return " | ".join(found)
+
+
 def output(result: subprocess.CompletedProcess[str]) -> str:
-    """Everything a playbook printed, on one line."""
-    return " ".join((result.stdout + result.stderr).split())
+    """Everything a playbook printed, on one line (the failed tasks first when it failed)."""
+    text = " ".join((result.stdout + result.stderr).split())
+    failed = failures(result) if result.returncode else ""
+    return f"FAILED TASKS: {failed} ... {text}" if failed else text
 
 
 def changed_tasks(result: subprocess.CompletedProcess[str]) -> list[str]:

@@ -412,8 +412,14 @@ def test_a_bad_migration_is_undone_by_restoring_the_releases_restore_point() -> 
     restore = fleet.playbook("restore.yml", "-e", f"restore_point={point[1]}", "-e", "confirm_restore=yes")
     seconds = time.monotonic() - started
     assert restore.returncode == 0, fleet.output(restore, tail=8000)
-    chosen = re.search(r"restore backup set (\S+?),", fleet.output(restore, tail=100000))
+    said = fleet.output(restore, tail=100000)
+    chosen = re.search(r"restore backup set (\S+?),", said)
     assert chosen and chosen[1] != newest, (chosen, newest)
+    # The newest backup is now one on the new timeline (the next step restores the newest state
+    # from repo2: from a backup of the abandoned timeline, PostgreSQL would not start).
+    timeline = fleet.sql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+    for repo in (1, 2):
+        assert re.search(rf"repo{repo}: incr backup \S+ from WAL {timeline}", said), said[-3000:]
     assert fleet.sql(ORDERS_FINGERPRINT) == before
     assert fleet.sql("SELECT max(version) FROM schema_migrations") != "999"
     with lb_pool() as pool:
@@ -453,7 +459,7 @@ def test_a_fresh_db_host_is_restored_from_the_off_site_copy_alone() -> None:
     assert fleet.sql(ORDERS_FINGERPRINT) == before
     # The local repository starts again beside the off-site one, and archiving works.
     repos = {repo["key"]: repo["status"]["code"] for repo in pgbackrest_info()[0]["repo"]}
-    assert repos.get(2) == 0 and 1 in repos, repos
+    assert repos == {1: 0, 2: 0}, repos  # 0: ok, with a backup (restore.yml took one)
     fleet.host("db1").check_output("runuser -u postgres -- pgbackrest --stanza=paydrop check")
     # The CA came back from db2's copy: the certificates clients already trust still verify.
     assert fleet.host("db1").file("/etc/postgresql/15/main/tls/ca.crt").content_string == \

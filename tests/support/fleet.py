@@ -64,9 +64,7 @@ def playbook(name: str, *args: str, timeout: int = 1200,
 
 def output(result: subprocess.CompletedProcess[str], tail: int = 4000) -> str:
     """The end of what a playbook printed, on one line (the failed tasks first when it failed)."""
-    text = " ".join((result.stdout + result.stderr).split())[-tail:]
-    failed = scenario.failures(result) if result.returncode else ""
-    return f"FAILED TASKS: {failed} ... {text}" if failed else text
+    return scenario.output(result, tail)
 
 
 def recap(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:

@@ -119,9 +119,10 @@ def failures(result: subprocess.CompletedProcess[str], limit: int = 600) -> str:
     return " | ".join(found)
 
 
-def output(result: subprocess.CompletedProcess[str]) -> str:
-    """Everything a playbook printed, on one line (the failed tasks first when it failed)."""
-    text = " ".join((result.stdout + result.stderr).split())
+def output(result: subprocess.CompletedProcess[str], tail: int | None = None) -> str:
+    """What a playbook printed (its last `tail` characters), on one line; the failed tasks
+    first when it failed."""
+    text = " ".join((result.stdout + result.stderr).split())[-tail if tail else None:]
     failed = failures(result) if result.returncode else ""
     return f"FAILED TASKS: {failed} ... {text}" if failed else text
 
